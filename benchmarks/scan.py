@@ -1,0 +1,237 @@
+"""Speed and memory of the selective scan and the Mamba mixer, with their PyTorch peers.
+
+Prints one JSON object per line:
+  {"bench": "scan", ...}   every selective_scan impl, and mambapy's pscan (torch) on the same math;
+  {"bench": "mixer", ...}  sarf_jax.nn.Mamba and transformers' MambaMixer (torch CPU, its
+                           pure-PyTorch path) with the same sizes;
+  {"bench": "summary", ...} the ratios the foundation issue sets targets for, as measured here.
+Times are medians over --repeats runs after a warm-up; compile time and XLA temp bytes come from
+`jax.jit(...).lower(...).compile()` and `compiled.memory_analysis()`.
+
+    .venv/bin/python benchmarks/scan.py            # the issue's shapes
+    .venv/bin/python benchmarks/scan.py --quick    # tiny shapes, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sarf_jax.nn import Mamba
+from sarf_jax.ops import selective_scan
+from sarf_jax.ops.selective_scan import DEFAULT_CHUNK_SIZE, resolve_impl
+
+SCAN_IMPLS = ("reference", "associative", "chunked")
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "jax_device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def median_ms(fn, repeats: int) -> float:
+    for _ in range(3):  # warm-up: caches, allocator and thread pool settle before timing
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def compiled_jax(fn, *args):
+    """(compiled, compile seconds, XLA temp bytes) of jax.jit(fn) for these arguments."""
+    lowered = jax.jit(fn).lower(*args)
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    return compiled, compile_s, compiled.memory_analysis().temp_size_in_bytes
+
+
+def time_jax(fn, args, repeats):
+    compiled, compile_s, temp = compiled_jax(fn, *args)
+    ms = median_ms(lambda: jax.block_until_ready(compiled(*args)), repeats)
+    return ms, compile_s, temp
+
+
+def scan_inputs(batch, length, channels, state, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), dtype)
+    return dict(
+        u=normal(batch, length, channels),
+        delta=normal(batch, length, channels) * 0.5,
+        A=-jnp.exp(jnp.asarray(rng.standard_normal((channels, state)), jnp.float32) * 0.5),
+        B=normal(batch, length, state),
+        C=normal(batch, length, state),
+        D=jnp.ones((channels,), jnp.float32),
+        z=normal(batch, length, channels),
+        delta_bias=jnp.asarray(rng.uniform(-4, -2, channels), jnp.float32),
+    )
+
+
+def bench_scan(impl, shape, dtype, repeats):
+    inputs = scan_inputs(*shape, dtype)
+    names = tuple(inputs)
+
+    def forward(*args):
+        return selective_scan(**dict(zip(names, args)), delta_softplus=True, impl=impl)
+
+    cotangent = jnp.ones(shape[:3], dtype)
+
+    def forward_backward(*args):
+        return jax.grad(lambda *a: jnp.sum(forward(*a) * cotangent).astype(jnp.float32),
+                        argnums=tuple(range(len(args))))(*args)
+
+    args = tuple(inputs.values())
+    fwd_ms, fwd_compile, fwd_temp = time_jax(forward, args, repeats)
+    fb_ms, fb_compile, fb_temp = time_jax(forward_backward, args, repeats)
+    batch, length, channels, state = shape
+    one_state_tensor = 4 * batch * length * channels * state
+    return {
+        "bench": "scan", "impl": impl, "resolved_impl": resolve_impl(impl),
+        "chunk_size": DEFAULT_CHUNK_SIZE if resolve_impl(impl) == "chunked" else None,
+        "shape": dict(zip(("batch", "length", "channels", "state"), shape)), "dtype": jnp.dtype(dtype).name,
+        "forward_ms": fwd_ms, "forward_backward_ms": fb_ms,
+        "compile_s": fwd_compile + fb_compile,
+        "temp_bytes_forward": fwd_temp, "temp_bytes_forward_backward": fb_temp,
+        "temp_forward_backward_per_state_tensor": fb_temp / one_state_tensor,
+    }
+
+
+def bench_mambapy_scan(shape, repeats):
+    """mambapy's parallel scan with the same discretisation and readout, in torch (CPU)."""
+    import torch
+    from mambapy.pscan import pscan
+
+    inputs = {k: torch.tensor(np.asarray(v, np.float32)) for k, v in scan_inputs(*shape, jnp.float32).items()}
+
+    def forward(u, delta, A, B, C, D, z, delta_bias):
+        delta = torch.nn.functional.softplus(delta + delta_bias)
+        decay = torch.exp(delta.unsqueeze(-1) * A)
+        drive = (delta * u).unsqueeze(-1) * B.unsqueeze(2)
+        states = pscan(decay, drive)
+        y = (states @ C.unsqueeze(-1)).squeeze(-1) + D * u
+        return y * torch.nn.functional.silu(z)
+
+    def run_forward():
+        with torch.no_grad():
+            forward(**inputs)
+
+    def run_forward_backward():
+        args = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+        forward(**args).sum().backward()
+
+    return {
+        "bench": "scan", "impl": "mambapy.pscan (torch)",
+        "shape": dict(zip(("batch", "length", "channels", "state"), shape)), "dtype": "float32",
+        "forward_ms": median_ms(run_forward, repeats),
+        "forward_backward_ms": median_ms(run_forward_backward, repeats),
+    }
+
+
+def bench_mixer(batch, length, d_model, repeats):
+    """sarf_jax.nn.Mamba vs transformers' MambaMixer, both computing input and parameter grads."""
+    import torch
+    from transformers import MambaConfig
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+    config = MambaConfig(hidden_size=d_model, state_size=16, expand=2, conv_kernel=4,
+                         time_step_rank="auto", use_bias=False, use_conv_bias=True, hidden_act="silu")
+    mixer = MambaMixer(config, layer_idx=0).eval()
+    x_np = np.random.default_rng(0).standard_normal((batch, length, d_model)).astype(np.float32)
+    x_torch = torch.tensor(x_np)
+
+    def torch_forward():
+        with torch.no_grad():
+            mixer(x_torch)
+
+    def torch_forward_backward():
+        mixer.zero_grad()
+        x = x_torch.clone().requires_grad_(True)
+        mixer(x).sum().backward()
+
+    model = Mamba(d_model, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    x = jnp.asarray(x_np)
+
+    def forward(params, x):
+        return nnx.merge(graphdef, params)(x)
+
+    def forward_backward(params, x):
+        return jax.grad(lambda p, x: jnp.sum(forward(p, x)), argnums=(0, 1))(params, x)
+
+    fwd_ms, fwd_compile, _ = time_jax(forward, (params, x), repeats)
+    fb_ms, fb_compile, _ = time_jax(forward_backward, (params, x), repeats)
+    shape = {"batch": batch, "length": length, "d_model": d_model, "d_state": 16, "expand": 2}
+    return [
+        {"bench": "mixer", "impl": "sarf_jax.nn.Mamba", "scan_impl": resolve_impl("auto"),
+         "shape": shape, "forward_ms": fwd_ms, "forward_backward_ms": fb_ms,
+         "compile_s": fwd_compile + fb_compile},
+        {"bench": "mixer", "impl": "transformers.MambaMixer (torch)", "shape": shape,
+         "forward_ms": median_ms(torch_forward, repeats),
+         "forward_backward_ms": median_ms(torch_forward_backward, repeats)},
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes: checks the script runs")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    repeats = args.repeats or (2 if args.quick else 10)
+    scan_shape = (1, 20, 16, 4) if args.quick else (4, 196, 384, 16)
+    mixer_shape = (1, 20, 32) if args.quick else (4, 197, 192)
+
+    info = machine()
+    print(json.dumps({"bench": "machine", **info}), flush=True)
+    rows = []
+    for impl in ("auto", *SCAN_IMPLS):
+        rows.append(bench_scan(impl, scan_shape, jnp.float32, repeats))
+        print(json.dumps(rows[-1]), flush=True)
+    rows.append(bench_scan("auto", scan_shape, jnp.bfloat16, repeats))
+    print(json.dumps(rows[-1]), flush=True)
+    rows.append(bench_mambapy_scan(scan_shape, repeats))
+    print(json.dumps(rows[-1]), flush=True)
+    for row in bench_mixer(*mixer_shape, repeats):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    by_impl = {(r["bench"], r["impl"], r.get("dtype")): r for r in rows}
+    auto = by_impl["scan", "auto", "float32"]
+    ours, theirs = by_impl["mixer", "sarf_jax.nn.Mamba", None], by_impl["mixer", "transformers.MambaMixer (torch)", None]
+    print(json.dumps({
+        "bench": "summary", "date": info["date"], "cpu": info["cpu"], "cores": info["cores"],
+        "mixer_forward_speedup_vs_transformers": theirs["forward_ms"] / ours["forward_ms"],
+        "mixer_forward_backward_speedup_vs_transformers": theirs["forward_backward_ms"] / ours["forward_backward_ms"],
+        "auto_temp_forward_backward_per_state_tensor": auto["temp_forward_backward_per_state_tensor"],
+        "auto_temp_vs_associative": auto["temp_bytes_forward_backward"]
+        / by_impl["scan", "associative", "float32"]["temp_bytes_forward_backward"],
+        "auto_forward_backward_speedup_vs_reference": by_impl["scan", "reference", "float32"]["forward_backward_ms"]
+        / auto["forward_backward_ms"],
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

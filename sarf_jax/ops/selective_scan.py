@@ -1,0 +1,187 @@
+"""The public selective scan: argument checks, shared pre/post-processing, and dispatch.
+
+Semantics are those of mamba_ssm's ``selective_scan_ref`` (mamba_ssm/ops/selective_scan_interface.py),
+laid out channels-last:
+
+    delta <- softplus(delta + delta_bias)          (each step optional)
+    h_t    = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t
+    y_t    = <h_t, C_t> + D * u_t
+    y_t   *= silu(z_t)                              (when z is given)
+
+Every implementation computes only the linear recurrence and the readout <h_t, C_t>; this module
+does the rest once, in float32, so all implementations share exactly the same arithmetic around
+the scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from sarf_jax.ops import scan_associative, scan_chunked, scan_reference
+
+# Each implementation maps (u, delta, A, B, C) -> (y, last_state) with
+#   u, delta: (batch, length, groups, channels_per_group) float32, delta already discretised,
+#   A:        (groups, channels_per_group, state) float32,
+#   B, C:     (batch, length, groups, state) float32,
+#   y:        (batch, length, groups, channels_per_group) float32, y_t = <h_t, C_t>,
+#   last_state: (batch, groups, channels_per_group, state) float32.
+Recurrence = Callable[..., tuple[jax.Array, jax.Array]]
+
+IMPLEMENTATIONS: dict[str, Recurrence] = {
+    "reference": scan_reference.recurrence,
+    "associative": scan_associative.recurrence,
+    "chunked": scan_chunked.recurrence,
+}
+IMPLS = ("auto", *IMPLEMENTATIONS)
+
+DEFAULT_CHUNK_SIZE = scan_chunked.DEFAULT_CHUNK_SIZE
+
+
+def resolve_impl(impl: str) -> str:
+    """Name of the implementation `impl` stands for on the current backend.
+
+    `auto` is `chunked` everywhere for now: it is exact, keeps only chunk-boundary states for the
+    backward pass, and is the fastest XLA form measured on CPU (see benchmarks/scan.py).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"selective_scan: impl must be one of {IMPLS}, got {impl!r}")
+    return "chunked" if impl == "auto" else impl
+
+
+def selective_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    *,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    impl: str = "auto",
+    chunk_size: int | None = None,
+):
+    """Mamba's selective scan over (batch, length, channels) inputs.
+
+    Args:
+      u, delta: (batch, length, channels) float arrays; `delta` is the raw step size.
+      A: (channels, state) real, normally negative.
+      B, C: (batch, length, state), or grouped (batch, length, groups, state) where channel c
+        reads group c // (channels // groups).
+      D: optional (channels,) skip connection.
+      z: optional (batch, length, channels) gate: the output is multiplied by silu(z).
+      delta_bias: optional (channels,) added to `delta` before the (optional) softplus.
+      delta_softplus: apply softplus to delta + delta_bias.
+      return_last_state: also return the final state h_L, (batch, channels, state) float32.
+      impl: "auto", "reference" (lax.scan over steps, the oracle), "associative" (one
+        lax.associative_scan over the whole sequence) or "chunked" (lax.scan over chunks,
+        rematerialised so that only chunk-boundary states are kept for the backward pass).
+      chunk_size: chunk length for "chunked" (default 8); ignored by the others.
+
+    Returns:
+      y (batch, length, channels) in u's dtype; with `return_last_state`, (y, last_state).
+      Discretisation, the state and its accumulation are always float32.
+    """
+    u, delta, A, B, C = (jnp.asarray(x) for x in (u, delta, A, B, C))
+    D, z, delta_bias = (None if x is None else jnp.asarray(x) for x in (D, z, delta_bias))
+    _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size)
+    name = resolve_impl(impl)
+
+    batch, length, channels = u.shape
+    grouped = B.ndim == 4
+    groups = B.shape[2] if grouped else 1
+    per_group = channels // groups
+    state = A.shape[1]
+
+    f32 = lambda x: x.astype(jnp.float32)
+    u32 = f32(u)
+    step = f32(delta)
+    if delta_bias is not None:
+        step = step + f32(delta_bias)
+    if delta_softplus:
+        step = jax.nn.softplus(step)
+
+    as_groups = lambda x: x.reshape(batch, length, groups, per_group)
+    B4 = f32(B) if grouped else f32(B)[:, :, None, :]
+    C4 = f32(C) if grouped else f32(C)[:, :, None, :]
+    recurrence = IMPLEMENTATIONS[name]
+    kwargs = {"chunk_size": chunk_size or DEFAULT_CHUNK_SIZE} if name == "chunked" else {}
+    y, last_state = recurrence(
+        as_groups(u32), as_groups(step), f32(A).reshape(groups, per_group, state), B4, C4, **kwargs
+    )
+
+    y = y.reshape(batch, length, channels)
+    if D is not None:
+        y = y + u32 * f32(D)
+    if z is not None:
+        y = y * jax.nn.silu(f32(z))
+    y = y.astype(u.dtype)
+    if return_last_state:
+        return y, last_state.reshape(batch, channels, state)
+    return y
+
+
+def _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size):
+    """Raise ValueError naming the offending argument, before anything is traced or compiled."""
+    for name, x in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
+                    ("z", z), ("delta_bias", delta_bias)):
+        if x is not None and not jnp.issubdtype(x.dtype, jnp.floating):
+            kind = "complex A is not supported" if jnp.issubdtype(x.dtype, jnp.complexfloating) else ""
+            raise ValueError(
+                f"selective_scan: {name} must have a real floating dtype, got {x.dtype}"
+                + (f" ({kind})" if kind else "")
+            )
+    if u.ndim != 3:
+        raise ValueError(
+            f"selective_scan: u must have shape (batch, length, channels), got shape {u.shape}"
+        )
+    batch, length, channels = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(
+            f"selective_scan: delta must have u's shape (batch, length, channels) = {u.shape}, "
+            f"got {delta.shape}"
+        )
+    if z is not None and z.shape != u.shape:
+        raise ValueError(
+            f"selective_scan: z must have u's shape (batch, length, channels) = {u.shape}, "
+            f"got {z.shape}"
+        )
+    if A.ndim != 2 or A.shape[0] != channels:
+        raise ValueError(
+            f"selective_scan: A must have shape (channels, state) = ({channels}, state), "
+            f"got {A.shape}"
+        )
+    state = A.shape[1]
+    if B.ndim not in (3, 4):
+        raise ValueError(
+            "selective_scan: B must have shape (batch, length, state) or "
+            f"(batch, length, groups, state), got {B.shape}"
+        )
+    if B.shape[:2] != (batch, length) or B.shape[-1] != state:
+        expected = f"({batch}, {length}, {state})" if B.ndim == 3 else f"({batch}, {length}, groups, {state})"
+        raise ValueError(
+            f"selective_scan: B must have shape {expected} to match u {u.shape} and A {A.shape}, "
+            f"got {B.shape}"
+        )
+    if B.ndim == 4 and (B.shape[2] < 1 or channels % B.shape[2]):
+        raise ValueError(
+            f"selective_scan: the number of groups of B ({B.shape[2]}) must divide "
+            f"channels ({channels})"
+        )
+    if C.shape != B.shape:
+        raise ValueError(f"selective_scan: C must have B's shape {B.shape}, got {C.shape}")
+    for name, x in (("D", D), ("delta_bias", delta_bias)):
+        if x is not None and x.shape != (channels,):
+            raise ValueError(
+                f"selective_scan: {name} must have shape (channels,) = ({channels},), got {x.shape}"
+            )
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"selective_scan: chunk_size must be a positive int, got {chunk_size!r}")
+
