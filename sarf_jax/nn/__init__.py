@@ -1,5 +1,6 @@
 """Flax NNX layers."""
 
-from sarf_jax.nn.mamba import Mamba, load_official_weights
+from sarf_jax.nn.conv import CausalDepthwiseConv1d
+from sarf_jax.nn.mamba import Mamba
 
-__all__ = ["Mamba", "load_official_weights"]
+__all__ = ["CausalDepthwiseConv1d", "Mamba"]

@@ -12,7 +12,8 @@ from flax import nnx
 from transformers import MambaConfig
 from transformers.models.mamba.modeling_mamba import MambaMixer
 
-from sarf_jax.nn import Mamba, load_official_weights
+from sarf_jax.convert import load_state_dict
+from sarf_jax.nn import Mamba
 
 D_MODEL, D_STATE, DT_RANK = 24, 8, 3
 
@@ -28,7 +29,7 @@ def transformers_mixer_and_ours(scan_impl):
         for parameter in mixer.parameters():  # move every weight away from its default
             parameter.add_(0.1 * torch.randn_like(parameter))
     ours = Mamba(D_MODEL, d_state=D_STATE, dt_rank=DT_RANK, scan_impl=scan_impl, rngs=nnx.Rngs(0))
-    load_official_weights(ours, {k: v.numpy() for k, v in mixer.state_dict().items()})
+    load_state_dict(ours, {k: v.numpy() for k, v in mixer.state_dict().items()})
     return mixer, ours
 
 
@@ -79,7 +80,7 @@ def test_bidirectional_v2_matches_official_vim_layer(load_fixture, scan_impl):
     prefix = "sd/layers.0.mixer."
     mixer = Mamba(kwargs["embed_dim"], d_state=16, bidirectional="v2", scan_impl=scan_impl,
                   rngs=nnx.Rngs(0))
-    load_official_weights(mixer, {k: v for k, v in arrays.items() if k.startswith(prefix)}, prefix)
+    load_state_dict(mixer, arrays, rename=lambda k: k.removeprefix(prefix) if k.startswith(prefix) else None)
     hidden = rms_norm(arrays["feat/block0_residual"], arrays["sd/layers.0.norm.weight"])
     out = mixer(jnp.asarray(hidden, jnp.float32))
     np.testing.assert_allclose(out, arrays["feat/block0_hidden"], atol=1e-4, rtol=0)
@@ -98,15 +99,15 @@ def test_bfloat16_compute_stays_close_to_float32():
     assert float(jnp.abs(y_low.astype(jnp.float32) - y).max()) < 0.05 * scale
 
 
-def test_load_official_weights_names_missing_and_mismatched_keys():
+def test_load_state_dict_names_missing_and_mismatched_keys():
     mixer, ours = transformers_mixer_and_ours("chunked")
     state_dict = {k: v.numpy() for k, v in mixer.state_dict().items()}
-    with pytest.raises(ValueError, match=r"missing keys \['D'\]"):
-        load_official_weights(ours, {k: v for k, v in state_dict.items() if k != "D"})
+    with pytest.raises(ValueError, match=r"missing keys \['D'\], unexpected keys \['D_typo'\]"):
+        load_state_dict(ours, {(k + "_typo" if k == "D" else k): v for k, v in state_dict.items()})
     bad = dict(state_dict, **{"x_proj.weight": np.zeros((5, 48), np.float32)})
     before = np.asarray(ours.in_proj.kernel[...]).copy()
-    with pytest.raises(ValueError, match=r"x_proj.weight has shape \(5, 48\)"):
-        load_official_weights(ours, {k: v + 1 if k == "in_proj.weight" else v for k, v in bad.items()})
+    with pytest.raises(ValueError, match=r"x_proj.weight has shape \(5, 48\), which maps to \(48, 5\)"):
+        load_state_dict(ours, {k: v + 1 if k == "in_proj.weight" else v for k, v in bad.items()})
     np.testing.assert_array_equal(ours.in_proj.kernel[...], before)  # nothing half-written
 
 
