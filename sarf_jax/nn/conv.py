@@ -31,11 +31,15 @@ class CausalDepthwiseConv1d(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.dtype or x.dtype
-        x = x.astype(dtype)
-        kernel = self.kernel[...].astype(dtype)
-        length, taps = x.shape[1], self.kernel_size
-        padded = jnp.pad(x, [(0, 0), (taps - 1, 0), (0, 0)])
-        y = sum(padded[:, k:k + length] * kernel[k, 0] for k in range(taps))
-        if self.bias is not None:
-            y = y + self.bias[...].astype(dtype)
-        return y
+        bias = None if self.bias is None else self.bias[...].astype(dtype)
+        return causal_depthwise_conv1d(x.astype(dtype), self.kernel[...].astype(dtype), bias)
+
+
+@jax.jit
+def causal_depthwise_conv1d(x, kernel, bias):
+    """y_t = bias + sum_k kernel[k] * x_{t-(K-1)+k}; a named region, so FLOP counters
+    (sarf_jax.evaluate.flops) charge it as the convolution it is: K MACs per output."""
+    length, taps = x.shape[1], kernel.shape[0]
+    padded = jnp.pad(x, [(0, 0), (taps - 1, 0), (0, 0)])
+    y = sum(padded[:, k:k + length] * kernel[k, 0] for k in range(taps))
+    return y if bias is None else y + bias

@@ -15,6 +15,7 @@ the scan.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -106,24 +107,38 @@ def selective_scan(
     if delta_softplus:
         step = jax.nn.softplus(step)
 
-    as_groups = lambda x: x.reshape(batch, length, groups, per_group)
-    B4 = f32(B) if grouped else f32(B)[:, :, None, :]
-    C4 = f32(C) if grouped else f32(C)[:, :, None, :]
-    recurrence = IMPLEMENTATIONS[name]
-    kwargs = {"chunk_size": chunk_size or DEFAULT_CHUNK_SIZE} if name == "chunked" else {}
-    y, last_state = recurrence(
-        as_groups(u32), as_groups(step), f32(A).reshape(groups, per_group, state), B4, C4, **kwargs
+    as_groups = lambda x: None if x is None else x.reshape(batch, length, groups, per_group)
+    y, last_state = selective_scan_core(
+        as_groups(u32),
+        as_groups(step),
+        f32(A).reshape(groups, per_group, state),
+        f32(B) if grouped else f32(B)[:, :, None, :],
+        f32(C) if grouped else f32(C)[:, :, None, :],
+        None if D is None else f32(D).reshape(groups, per_group),
+        None if z is None else as_groups(f32(z)),
+        impl=name,
+        chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
     )
-
-    y = y.reshape(batch, length, channels)
-    if D is not None:
-        y = y + u32 * f32(D)
-    if z is not None:
-        y = y * jax.nn.silu(f32(z))
-    y = y.astype(u.dtype)
+    y = y.reshape(batch, length, channels).astype(u.dtype)
     if return_last_state:
         return y, last_state.reshape(batch, channels, state)
     return y
+
+
+@functools.partial(jax.jit, static_argnames=("impl", "chunk_size"))
+def selective_scan_core(u, delta, A, B, C, D, z, *, impl, chunk_size):
+    """Recurrence, readout, D skip and z gating, all float32, on grouped layouts.
+
+    A named region of its own so that FLOP counters (sarf_jax.evaluate.flops) find every scan
+    and charge it the papers' 9·B·L·D·N (+ B·L·D for the D skip, + B·L·D for z gating).
+    """
+    kwargs = {"chunk_size": chunk_size} if impl == "chunked" else {}
+    y, last_state = IMPLEMENTATIONS[impl](u, delta, A, B, C, **kwargs)
+    if D is not None:
+        y = y + u * D
+    if z is not None:
+        y = y * jax.nn.silu(z)
+    return y, last_state
 
 
 def _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size):
