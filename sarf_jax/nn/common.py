@@ -1,0 +1,47 @@
+"""Small layers every backbone uses: the transformer MLP and stochastic depth."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sarf_jax.nn.initializers import torch_default
+
+
+class Mlp(nnx.Module):
+    """fc1 -> GELU (exact erf, as torch's nn.GELU) -> fc2, on the last axis (timm / VMamba names)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None, *,
+                 dtype=None, rngs: nnx.Rngs):
+        out_features = out_features or in_features
+        self.fc1 = nnx.Linear(in_features, hidden_features, dtype=dtype,
+                              kernel_init=torch_default(in_features), bias_init=torch_default(in_features),
+                              rngs=rngs)
+        self.fc2 = nnx.Linear(hidden_features, out_features, dtype=dtype,
+                              kernel_init=torch_default(hidden_features),
+                              bias_init=torch_default(hidden_features), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth: drop a whole sample's residual branch with probability `rate` in training.
+
+    Draws from the `dropout` stream of the Rngs given at construction; identity when `rate` is 0
+    or when called with deterministic=True (evaluation).
+    """
+
+    def __init__(self, rate: float, *, rngs: nnx.Rngs | None = None):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"DropPath: rate must be in [0, 1), got {rate}")
+        self.rate = rate
+        self.rngs = rngs["dropout"].fork() if (rngs is not None and rate > 0) else nnx.data(None)
+
+    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, jnp.zeros_like(x))
