@@ -18,6 +18,7 @@ import math
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.extend import core as jax_core
 
 
@@ -87,6 +88,18 @@ def count_flops(fn, *args, **kwargs) -> int:
 
 
 def model_gflops(model, img_size: int, *, in_chans: int = 3, reduction=None) -> float:
-    """GFLOPs of one image through `model` (NHWC input), with an optional reduction spec."""
+    """GFLOPs of one NHWC image through `model` with an optional reduction spec.
+
+    Works on abstract models too (`nnx.eval_shape(lambda: models.create(...))`), so official
+    sizes can be counted without allocating their weights.
+    """
+    graphdef, state = nnx.split(model)
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     images = jax.ShapeDtypeStruct((1, img_size, img_size, in_chans), np.float32)
-    return count_flops(lambda x: model(x, reduction=reduction), images) / 1e9
+    forward = lambda state, x: nnx.merge(graphdef, state)(x, reduction=reduction)
+    return count_flops(forward, state, images) / 1e9
+
+
+def parameter_count(model) -> int:
+    """Number of trainable parameters (nnx.Param), concrete or abstract model."""
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
