@@ -13,9 +13,12 @@ from collections.abc import Mapping
 import numpy as np
 from flax import nnx
 
+from sarf_jax.convert import vim
 from sarf_jax.convert.state_dict import load_state_dict
 
-FAMILIES: dict = {}  # family name -> module with build() and rename()
+FAMILIES = {  # family name -> module with build() and rename()
+    "vim": vim,
+}
 
 
 def from_official(family: str, constructor_kwargs: Mapping, state_dict: Mapping[str, np.ndarray],

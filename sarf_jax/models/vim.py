@@ -1,0 +1,136 @@
+"""Vim (Vision Mamba, hustvl/Vim vim/models_mamba.py `VisionMamba`), the released configuration.
+
+Patch conv -> tokens; a class token inserted in the middle (index M // 2) and a learned absolute
+position embedding added after it; `depth` blocks of "add -> RMSNorm -> bidirectional Mamba (v2)"
+with the residual stream kept in float32; norm_f(residual + last mixer output); the head reads
+the middle class token. Attribute names are the official state-dict names.
+
+Official behaviours reproduced on purpose:
+- block i adds the previous block's mixer output to the residual with drop-path rate
+  `[0] + linspace(0, drop_path_rate, depth)` at index i, and the final add uses the full
+  `drop_path_rate` (models_mamba.py `inter_dpr`, `drop_path` L315-333, L513);
+- the released models' `final_pool_type="mean"` is never reached: the middle class token is
+  returned first (models_mamba.py L522-552).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sarf_jax.models.registry import register
+from sarf_jax.nn import DropPath, Mamba
+
+
+class PatchEmbed(nnx.Module):
+    """One strided convolution (Vim `PatchEmbed`, no norm); weights lecun-normal, bias zero."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, stride: int, *, dtype,
+                 rngs: nnx.Rngs):
+        self.proj = nnx.Conv(in_chans, embed_dim, (patch_size, patch_size), strides=(stride, stride),
+                             padding="VALID", dtype=dtype,
+                             kernel_init=jax.nn.initializers.lecun_normal(), rngs=rngs)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        return self.proj(images)
+
+
+class VimBlock(nnx.Module):
+    """residual += drop_path(hidden); hidden = mixer(RMSNorm(residual)) (Vim `Block`, prenorm)."""
+
+    def __init__(self, dim: int, *, d_state: int, drop_path: float, dtype, scan_impl: str,
+                 rngs: nnx.Rngs):
+        self.mixer = Mamba(dim, d_state=d_state, bidirectional="v2", dtype=dtype,
+                           scan_impl=scan_impl, rngs=rngs)
+        self.norm = nnx.RMSNorm(dim, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
+        self.drop_path = DropPath(drop_path, rngs=rngs)
+
+    def __call__(self, hidden, residual, *, train: bool):
+        residual = hidden if residual is None else residual + self.drop_path(hidden, deterministic=not train)
+        residual = residual.astype(jnp.float32)
+        return self.mixer(self.norm(residual).astype(hidden.dtype)), residual
+
+
+class VisionMamba(nnx.Module):
+    """Vim classifier on NHWC images of exactly `img_size` x `img_size` (as the official model)."""
+
+    def __init__(self, *, num_classes: int, img_size: int, in_chans: int = 3, patch_size: int = 16,
+                 stride: int | None = None, embed_dim: int = 192, depth: int = 24, d_state: int = 16,
+                 drop_path_rate: float = 0.0, dtype=None, scan_impl: str = "auto", rngs: nnx.Rngs):
+        stride = patch_size if stride is None else stride
+        for name, value in (("num_classes", num_classes), ("img_size", img_size), ("in_chans", in_chans),
+                            ("patch_size", patch_size), ("stride", stride), ("embed_dim", embed_dim),
+                            ("depth", depth), ("d_state", d_state)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"VisionMamba: {name} must be a positive int, got {value!r}")
+        if img_size < patch_size or (img_size - patch_size) % stride:
+            raise ValueError(
+                f"VisionMamba: img_size - patch_size must be a non-negative multiple of stride; got "
+                f"img_size={img_size}, patch_size={patch_size}, stride={stride}"
+            )
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"VisionMamba: drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        self.grid = ((img_size - patch_size) // stride + 1,) * 2
+        self.num_patches = self.grid[0] * self.grid[1]
+        self.img_size, self.in_chans, self.dtype = img_size, in_chans, dtype
+
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, stride, dtype=dtype, rngs=rngs)
+        trunc = jax.nn.initializers.truncated_normal(0.02)
+        self.cls_token = nnx.Param(trunc(rngs.params(), (1, 1, embed_dim)))
+        self.pos_embed = nnx.Param(trunc(rngs.params(), (1, self.num_patches + 1, embed_dim)))
+        rates = [0.0, *np.linspace(0.0, drop_path_rate, depth).tolist()]  # official inter_dpr
+        self.layers = nnx.List([
+            VimBlock(embed_dim, d_state=d_state, drop_path=rates[i], dtype=dtype, scan_impl=scan_impl,
+                     rngs=rngs)
+            for i in range(depth)
+        ])
+        for layer in self.layers:  # mamba_ssm _init_weights: prenorm residual rescale
+            out_proj = layer.mixer.out_proj.kernel
+            out_proj[...] = out_proj[...] / math.sqrt(depth)
+        self.norm_f = nnx.RMSNorm(embed_dim, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
+        self.final_drop_path = DropPath(drop_path_rate, rngs=rngs)
+        self.head = nnx.Linear(embed_dim, num_classes, dtype=dtype, kernel_init=trunc,
+                               bias_init=jax.nn.initializers.zeros, rngs=rngs)
+
+    @property
+    def cls_position(self) -> int:
+        return self.num_patches // 2
+
+    def tokens(self, images: jax.Array) -> jax.Array:
+        """Patch tokens with the middle class token and position embedding: (B, M + 1, D)."""
+        expected = (self.img_size, self.img_size, self.in_chans)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f"VisionMamba: images must have shape (batch, {expected[0]}, {expected[1]}, "
+                             f"{expected[2]}) (NHWC), got {images.shape}")
+        dtype = self.dtype or images.dtype
+        x = self.patch_embed(images.astype(dtype))
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        cls = jnp.broadcast_to(self.cls_token[...].astype(dtype), (x.shape[0], 1, x.shape[-1]))
+        middle = self.cls_position
+        x = jnp.concatenate([x[:, :middle], cls, x[:, middle:]], axis=1)
+        return x + self.pos_embed[...].astype(dtype)
+
+    def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
+        if reduction is not None:
+            raise NotImplementedError("VisionMamba: token reduction is not integrated yet")
+        hidden, residual = self.tokens(images), None
+        for layer in self.layers:
+            hidden, residual = layer(hidden, residual, train=train)
+        residual = residual + self.final_drop_path(hidden, deterministic=not train)
+        features = self.norm_f(residual)[:, self.cls_position]
+        return self.head(features.astype(hidden.dtype))
+
+
+VARIANTS = {
+    "vim_tiny": dict(patch_size=16, embed_dim=192, depth=24),
+    "vim_small": dict(patch_size=16, embed_dim=384, depth=24),
+    "vim_base": dict(patch_size=16, embed_dim=768, depth=24),
+    # 28x28 Fashion-MNIST: 2x2 patches give a 14x14 grid, room for token reduction.
+    "vim_mini": dict(patch_size=2, embed_dim=64, depth=4),
+}
+for _name, _kwargs in VARIANTS.items():
+    register(_name, VisionMamba, **_kwargs)
