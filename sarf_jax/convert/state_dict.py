@@ -85,10 +85,9 @@ def load_state_dict(
     expected = official_names(model)
     missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
     if missing or unexpected:
-        raise ValueError(
-            f"{what} does not fit the model: missing keys {missing[:20]}{' ...' if len(missing) > 20 else ''}, "
-            f"unexpected keys {[given[k][0] for k in unexpected[:20]]}{' ...' if len(unexpected) > 20 else ''}"
-        )
+        shown = lambda keys: f"{len(keys)} keys {keys[:20]}{' ...' if len(keys) > 20 else ''}"
+        raise ValueError(f"{what} does not fit the model: missing {shown(missing)}, "
+                         f"unexpected {shown([given[k][0] for k in unexpected])}")
     converted = []
     for key, (variable, layout) in expected.items():
         source_key, value = given[key]

@@ -102,7 +102,7 @@ def test_bfloat16_compute_stays_close_to_float32():
 def test_load_state_dict_names_missing_and_mismatched_keys():
     mixer, ours = transformers_mixer_and_ours("chunked")
     state_dict = {k: v.numpy() for k, v in mixer.state_dict().items()}
-    with pytest.raises(ValueError, match=r"missing keys \['D'\], unexpected keys \['D_typo'\]"):
+    with pytest.raises(ValueError, match=r"missing 1 keys \['D'\], unexpected 1 keys \['D_typo'\]"):
         load_state_dict(ours, {(k + "_typo" if k == "D" else k): v for k, v in state_dict.items()})
     bad = dict(state_dict, **{"x_proj.weight": np.zeros((5, 48), np.float32)})
     before = np.asarray(ours.in_proj.kernel[...]).copy()

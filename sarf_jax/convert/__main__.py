@@ -1,0 +1,105 @@
+"""Convert an official PyTorch checkpoint into a sarf_jax model directory.
+
+    python -m sarf_jax.convert --model vmamba_tiny --torch-checkpoint vssm1_tiny_0230s.pth --out DIR [--ema]
+
+The family's key mapping is applied to every tensor (none may be left over or missing); the head
+size is read from the checkpoint; the source file and its SHA-256 are recorded in DIR/model.json.
+`--override key=value` changes the registered variant (e.g. depth=4) for non-standard sizes.
+Loading never executes code from the checkpoint (see torch_checkpoint.py). Needs torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pathlib
+import sys
+
+from flax import nnx
+
+from sarf_jax import models
+from sarf_jax.convert.official import FAMILIES
+from sarf_jax.convert.state_dict import load_state_dict
+from sarf_jax.convert.torch_checkpoint import read_checkpoint, select_state_dict
+from sarf_jax.models.pretrained import save_pretrained
+
+HEAD_KEYS = ("head.weight", "head.fc.weight", "classifier.head.weight")
+
+
+def family_of(model_name: str) -> str:
+    family = model_name.split("_")[0]
+    if family not in FAMILIES:
+        raise ValueError(f"--model {model_name!r}: conversion supports the families {sorted(FAMILIES)}")
+    return family
+
+
+def sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--override must look like key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def convert(model_name: str, checkpoint_path, out, *, ema: bool = False, img_size: int = 224,
+            in_chans: int = 3, overrides: dict | None = None) -> dict:
+    """Convert and write; returns the model.json contents. Nothing is written on failure."""
+    if model_name not in models.list_models():
+        raise ValueError(f"--model: unknown model {model_name!r}; valid names: {', '.join(models.list_models())}")
+    adapter = FAMILIES[family_of(model_name)]
+    checkpoint_path = pathlib.Path(checkpoint_path)
+    if not checkpoint_path.is_file():
+        raise ValueError(f"--torch-checkpoint: no such file {checkpoint_path}")
+    if pathlib.Path(out).exists():
+        raise ValueError(f"--out: {out} already exists; choose a new directory")
+    state_dict = select_state_dict(read_checkpoint(str(checkpoint_path)), ema=ema, source=str(checkpoint_path))
+    head = next((state_dict[k] for k in HEAD_KEYS if k in state_dict), None)
+    if head is None:
+        raise ValueError(f"{checkpoint_path}: no classifier head among {list(HEAD_KEYS)}")
+    num_classes = int(head.shape[0])
+    overrides = dict(overrides or {})
+    model = models.create(model_name, num_classes=num_classes, img_size=img_size, in_chans=in_chans,
+                          rngs=nnx.Rngs(0), **overrides)
+    load_state_dict(model, state_dict, rename=adapter.rename, what=str(checkpoint_path))
+    source = {"file": str(checkpoint_path.absolute()), "sha256": sha256(checkpoint_path),
+              "weights": "model_ema" if ema else "model"}
+    save_pretrained(out, model, name=model_name, num_classes=num_classes, img_size=img_size,
+                    in_chans=in_chans, overrides=overrides, source=source)
+    return {"name": model_name, "num_classes": num_classes, "img_size": img_size, "source": source}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sarf_jax.convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help=f"one of: {', '.join(models.list_models())}")
+    parser.add_argument("--torch-checkpoint", required=True, help="the official .pth file")
+    parser.add_argument("--out", required=True, help="new directory to write")
+    parser.add_argument("--ema", action="store_true", help="convert the EMA weights (model_ema)")
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--in-chans", type=int, default=3)
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="change an argument of the registered variant (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        info = convert(args.model, args.torch_checkpoint, args.out, ema=args.ema, img_size=args.img_size,
+                       in_chans=args.in_chans, overrides=dict(map(parse_override, args.override)))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {info['name']} ({info['num_classes']} classes, {info['img_size']} px) "
+          f"from {info['source']['weights']} of {args.torch_checkpoint} (sha256 {info['source']['sha256'][:12]}...)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
