@@ -1,0 +1,123 @@
+"""ViT / DeiT baseline (timm `VisionTransformer` as DeiT trains it), for comparing reducers.
+
+Patch conv -> class token prepended -> position embedding -> pre-norm blocks (multi-head
+self-attention, GELU MLP) -> LayerNorm -> head on the class token. LayerNorm eps 1e-6 and the
+timm attribute names (`blocks.{i}.attn.qkv`, `mlp.fc1`, ...), so DeiT checkpoints map by name.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sarf_jax.models.registry import register
+from sarf_jax.nn import DropPath, Mlp
+
+
+def layer_norm(dim: int, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(dim, epsilon=1e-6, use_fast_variance=False, dtype=dtype, rngs=rngs)
+
+
+def linear(fan_in: int, fan_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    """timm ViT init: truncated normal(0.02) weights, zero biases."""
+    return nnx.Linear(fan_in, fan_out, dtype=dtype, kernel_init=jax.nn.initializers.truncated_normal(0.02),
+                      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with one fused qkv projection (timm layout: q | k | v, heads inner)."""
+
+    def __init__(self, dim: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.qkv = linear(dim, 3 * dim, dtype, rngs)
+        self.proj = linear(dim, dim, dtype, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, length, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        out = jax.nn.dot_product_attention(q, k, v)
+        return self.proj(out.reshape(batch, length, dim))
+
+
+class Block(nnx.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, *, dtype,
+                 rngs: nnx.Rngs):
+        self.norm1 = layer_norm(dim, dtype, rngs)
+        self.attn = Attention(dim, num_heads, dtype=dtype, rngs=rngs)
+        self.norm2 = layer_norm(dim, dtype, rngs)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs,
+                       kernel_init=jax.nn.initializers.truncated_normal(0.02),
+                       bias_init=jax.nn.initializers.zeros)
+        self.drop_path = DropPath(drop_path, rngs=rngs)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        x = x + self.drop_path(self.attn(self.norm1(x)), deterministic=not train)
+        return x + self.drop_path(self.mlp(self.norm2(x)), deterministic=not train)
+
+
+class PatchEmbed(nnx.Module):
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, *, dtype, rngs: nnx.Rngs):
+        self.proj = nnx.Conv(in_chans, embed_dim, (patch_size, patch_size), strides=(patch_size, patch_size),
+                             padding="VALID", dtype=dtype, rngs=rngs)
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        return self.proj(images)
+
+
+class VisionTransformer(nnx.Module):
+    """DeiT-style ViT classifier on NHWC images of `img_size` x `img_size`."""
+
+    def __init__(self, *, num_classes: int, img_size: int, in_chans: int = 3, patch_size: int = 16,
+                 embed_dim: int = 192, depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0,
+                 drop_path_rate: float = 0.0, dtype=None, rngs: nnx.Rngs):
+        for name, value in (("num_classes", num_classes), ("img_size", img_size), ("in_chans", in_chans),
+                            ("patch_size", patch_size), ("embed_dim", embed_dim), ("depth", depth),
+                            ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"VisionTransformer: {name} must be a positive int, got {value!r}")
+        if img_size % patch_size:
+            raise ValueError(f"VisionTransformer: img_size ({img_size}) must be divisible by patch_size ({patch_size})")
+        if embed_dim % num_heads:
+            raise ValueError(f"VisionTransformer: embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"VisionTransformer: drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        self.grid = (img_size // patch_size,) * 2
+        self.img_size, self.in_chans, self.dtype = img_size, in_chans, dtype
+        trunc = jax.nn.initializers.truncated_normal(0.02)
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, dtype=dtype, rngs=rngs)
+        self.cls_token = nnx.Param(trunc(rngs.params(), (1, 1, embed_dim)))
+        self.pos_embed = nnx.Param(trunc(rngs.params(), (1, self.grid[0] * self.grid[1] + 1, embed_dim)))
+        rates = np.linspace(0.0, drop_path_rate, depth).tolist()
+        self.blocks = nnx.List([Block(embed_dim, num_heads, mlp_ratio, rates[i], dtype=dtype, rngs=rngs)
+                                for i in range(depth)])
+        self.norm = layer_norm(embed_dim, dtype, rngs)
+        self.head = linear(embed_dim, num_classes, dtype, rngs)
+
+    def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
+        if reduction is not None:
+            raise NotImplementedError("VisionTransformer: token reduction is not integrated yet")
+        expected = (self.img_size, self.img_size, self.in_chans)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(f"VisionTransformer: images must have shape (batch, {expected[0]}, {expected[1]}, "
+                             f"{expected[2]}) (NHWC), got {images.shape}")
+        dtype = self.dtype or images.dtype
+        x = self.patch_embed(images.astype(dtype))
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        cls = jnp.broadcast_to(self.cls_token[...].astype(dtype), (x.shape[0], 1, x.shape[-1]))
+        x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(dtype)
+        for block in self.blocks:
+            x = block(x, train=train)
+        return self.head(self.norm(x)[:, 0])
+
+
+VARIANTS = {
+    "vit_tiny": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),   # DeiT-Ti
+    "vit_small": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),  # DeiT-S
+    # 28x28 Fashion-MNIST: 2x2 patches give a 14x14 grid, the same token count as the *_mini SSMs.
+    "vit_mini": dict(patch_size=2, embed_dim=64, depth=4, num_heads=2),
+}
+for _name, _kwargs in VARIANTS.items():
+    register(_name, VisionTransformer, **_kwargs)
