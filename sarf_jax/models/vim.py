@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sarf_jax.models.common import check_images, check_positive_ints, check_rate
 from sarf_jax.models.registry import register
 from sarf_jax.nn import DropPath, Mamba
 
@@ -62,18 +63,15 @@ class VisionMamba(nnx.Module):
                  stride: int | None = None, embed_dim: int = 192, depth: int = 24, d_state: int = 16,
                  drop_path_rate: float = 0.0, dtype=None, scan_impl: str = "auto", rngs: nnx.Rngs):
         stride = patch_size if stride is None else stride
-        for name, value in (("num_classes", num_classes), ("img_size", img_size), ("in_chans", in_chans),
-                            ("patch_size", patch_size), ("stride", stride), ("embed_dim", embed_dim),
-                            ("depth", depth), ("d_state", d_state)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"VisionMamba: {name} must be a positive int, got {value!r}")
+        check_positive_ints("VisionMamba", num_classes=num_classes, img_size=img_size,
+                            in_chans=in_chans, patch_size=patch_size, stride=stride,
+                            embed_dim=embed_dim, depth=depth, d_state=d_state)
         if img_size < patch_size or (img_size - patch_size) % stride:
             raise ValueError(
                 f"VisionMamba: img_size - patch_size must be a non-negative multiple of stride; got "
                 f"img_size={img_size}, patch_size={patch_size}, stride={stride}"
             )
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"VisionMamba: drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        check_rate("VisionMamba", "drop_path_rate", drop_path_rate)
         self.grid = ((img_size - patch_size) // stride + 1,) * 2
         self.num_patches = self.grid[0] * self.grid[1]
         self.img_size, self.in_chans, self.dtype = img_size, in_chans, dtype
@@ -102,10 +100,7 @@ class VisionMamba(nnx.Module):
 
     def tokens(self, images: jax.Array) -> jax.Array:
         """Patch tokens with the middle class token and position embedding: (B, M + 1, D)."""
-        expected = (self.img_size, self.img_size, self.in_chans)
-        if images.ndim != 4 or images.shape[1:] != expected:
-            raise ValueError(f"VisionMamba: images must have shape (batch, {expected[0]}, {expected[1]}, "
-                             f"{expected[2]}) (NHWC), got {images.shape}")
+        check_images("VisionMamba", images, self.img_size, self.in_chans)
         dtype = self.dtype or images.dtype
         x = self.patch_embed(images.astype(dtype))
         x = x.reshape(x.shape[0], -1, x.shape[-1])

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sarf_jax.models.common import check_images, check_positive_ints, check_rate
 from sarf_jax.models.registry import register
 from sarf_jax.nn import DropPath, Mlp
 
@@ -73,17 +74,14 @@ class VisionTransformer(nnx.Module):
     def __init__(self, *, num_classes: int, img_size: int, in_chans: int = 3, patch_size: int = 16,
                  embed_dim: int = 192, depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0,
                  drop_path_rate: float = 0.0, dtype=None, rngs: nnx.Rngs):
-        for name, value in (("num_classes", num_classes), ("img_size", img_size), ("in_chans", in_chans),
-                            ("patch_size", patch_size), ("embed_dim", embed_dim), ("depth", depth),
-                            ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"VisionTransformer: {name} must be a positive int, got {value!r}")
+        check_positive_ints("VisionTransformer", num_classes=num_classes, img_size=img_size,
+                            in_chans=in_chans, patch_size=patch_size, embed_dim=embed_dim,
+                            depth=depth, num_heads=num_heads)
         if img_size % patch_size:
             raise ValueError(f"VisionTransformer: img_size ({img_size}) must be divisible by patch_size ({patch_size})")
         if embed_dim % num_heads:
             raise ValueError(f"VisionTransformer: embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        if not 0.0 <= drop_path_rate < 1.0:
-            raise ValueError(f"VisionTransformer: drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        check_rate("VisionTransformer", "drop_path_rate", drop_path_rate)
         self.grid = (img_size // patch_size,) * 2
         self.img_size, self.in_chans, self.dtype = img_size, in_chans, dtype
         trunc = jax.nn.initializers.truncated_normal(0.02)
@@ -99,10 +97,7 @@ class VisionTransformer(nnx.Module):
     def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
         if reduction is not None:
             raise NotImplementedError("VisionTransformer: token reduction is not integrated yet")
-        expected = (self.img_size, self.img_size, self.in_chans)
-        if images.ndim != 4 or images.shape[1:] != expected:
-            raise ValueError(f"VisionTransformer: images must have shape (batch, {expected[0]}, {expected[1]}, "
-                             f"{expected[2]}) (NHWC), got {images.shape}")
+        check_images("VisionTransformer", images, self.img_size, self.in_chans)
         dtype = self.dtype or images.dtype
         x = self.patch_embed(images.astype(dtype))
         x = x.reshape(x.shape[0], -1, x.shape[-1])
