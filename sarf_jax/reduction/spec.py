@@ -16,7 +16,6 @@ import jax
 
 from sarf_jax.reduction import baselines, sarf, schedules
 from sarf_jax.reduction.methods import (
-    METHODS,
     METRIC_SOURCE,
     TOME_PRUNE_BY_FAMILY,
     as_grid,
@@ -30,7 +29,9 @@ MERGES = ("sum", "mean")
 
 def _check_window(window) -> None:
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window: expected an int >= 1 (tokens for sarf_evit, pairs for sarf_tome), got {window!r}")
+        raise ValueError(
+            f"window: expected an int >= 1 (tokens for sarf_evit, pairs for sarf_tome), got {window!r}"
+        )
 
 
 def _check_merge(merge) -> None:
@@ -74,8 +75,9 @@ class Reducer:
         jax.random.key(0); fold in the site index to vary it across blocks).
         """
         if getattr(metric, "ndim", None) != 4:
-            raise ValueError(f"metric: expected a (B, H, W, C) array, got shape {getattr(metric, 'shape', None)}")
-        batch, height, width, _ = metric.shape
+            shape = getattr(metric, "shape", None)
+            raise ValueError(f"metric: expected a (B, H, W, C) array, got shape {shape}")
+        _, height, width, _ = metric.shape
         out_hw = as_grid(out_hw)
         check_target(self.method, (height, width), out_hw)
         if out_hw == (height, width):

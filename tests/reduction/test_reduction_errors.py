@@ -41,7 +41,7 @@ def test_unknown_method_lists_the_valid_ones():
 
 
 def test_unknown_schedule_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"schedule: unknown name 'hybrid_9p1'; valid: hybrid_1p1, .*schedual_5"):
+    with pytest.raises(ValueError, match=r"unknown name 'hybrid_9p1'; valid: hybrid_1p1, .*schedual_5"):
         reduction.Spec("sarf_tome", "hybrid_9p1")
 
 
@@ -109,5 +109,5 @@ def test_plans_refuse_other_grids():
         plan(jnp.ones((2, 7, 6, 3)))
     with pytest.raises(ValueError, match=r"GatherPlan: input must be .* got shape \(3, 7, 7, 3\)"):
         reduction.Reducer("evit").plan(X, (5, 5))(jnp.ones((3, 7, 7, 3)))
-    with pytest.raises(ValueError, match=r"x, metric: expected \(B, H, W, C\) arrays on the same batch and grid"):
+    with pytest.raises(ValueError, match=r"x, metric: expected \(B, H, W, C\) arrays on the same batch"):
         reduction.reduce_grid(X, method="tome", out_hw=(5, 5), metric=jnp.ones((2, 6, 7, 3)))

@@ -54,7 +54,8 @@ def test_plan_reproduces_official_outputs_on_both_tensors(load_fixture, name, me
         for tensor, expected in ((x, data["out"]), (y, data["out_y"])):
             out = nchw(plan(tensor))
             assert out.shape == expected.shape
-            np.testing.assert_allclose(out, expected, rtol=0, atol=TOLERANCE, err_msg=f"{name} {case['case']}")
+            np.testing.assert_allclose(out, expected, rtol=0, atol=TOLERANCE,
+                                       err_msg=f"{name} {case['case']}")
 
 
 def test_reduce_grid_with_the_branch_as_metric_is_the_official_tome_call(load_fixture):
@@ -111,7 +112,8 @@ def test_sarf_evit_keeps_the_official_indices(load_fixture):
             assert [[s, e] for s, e, _ in split] == case[f"windows_{axis}"]
             assert [c for _, _, c in split] == case[f"prunes_per_window_{axis}"]
         plan = reduction.Reducer("sarf_evit").plan(x, case["out_hw"])
-        expected = (keep_h.swapaxes(1, 2) * width + jnp.take_along_axis(keep_w, keep_h.swapaxes(1, 2), axis=1))
+        rows = keep_h.swapaxes(1, 2)
+        expected = rows * width + jnp.take_along_axis(keep_w, rows, axis=1)
         np.testing.assert_array_equal(plan.index, expected)
 
 

@@ -140,7 +140,8 @@ def test_baselines_keep_raster_order(index):
     assert (np.diff(keep, axis=-1) > 0).all()
 
 
-@problems("sarf_tome", "tome", where=lambda p: p.options.get("merge") == "mean" or p.options.get("tome_prune") is False)
+@problems("sarf_tome", "tome",
+          where=lambda p: p.options.get("merge") == "mean" or p.options.get("tome_prune") is False)
 def test_mean_merge_of_a_constant_grid_is_that_constant(index):
     np.testing.assert_allclose(evaluate(index)["constant"], 0.7, rtol=1e-6)
 
