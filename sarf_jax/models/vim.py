@@ -15,6 +15,7 @@ Official behaviours reproduced on purpose:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -25,6 +26,7 @@ from flax import nnx
 from sarf_jax.models.common import check_images, check_positive_ints, check_rate
 from sarf_jax.models.registry import register
 from sarf_jax.nn import DropPath, Mamba
+from sarf_jax.reduction import placement
 
 
 class PatchEmbed(nnx.Module):
@@ -50,10 +52,12 @@ class VimBlock(nnx.Module):
         self.norm = nnx.RMSNorm(dim, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
         self.drop_path = DropPath(drop_path, rngs=rngs)
 
-    def __call__(self, hidden, residual, *, train: bool):
+    def __call__(self, hidden, residual, *, train: bool, mix=None):
+        """`mix(mixer, h)` replaces `mixer(h)` (QuarterMap runs the mixer on a halved grid)."""
         residual = hidden if residual is None else residual + self.drop_path(hidden, deterministic=not train)
         residual = residual.astype(jnp.float32)
-        return self.mixer(self.norm(residual).astype(hidden.dtype)), residual
+        normed = self.norm(residual).astype(hidden.dtype)
+        return (self.mixer(normed) if mix is None else mix(self.mixer, normed)), residual
 
 
 class VisionMamba(nnx.Module):
@@ -109,15 +113,45 @@ class VisionMamba(nnx.Module):
         x = jnp.concatenate([x[:, :middle], cls, x[:, middle:]], axis=1)
         return x + self.pos_embed[...].astype(dtype)
 
+    def reduction_sites(self, reduction):
+        """Grid before and after every block under `reduction` (None when nothing is reduced)."""
+        return placement.block_sites(reduction, (len(self.layers),), self.grid)
+
     def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
-        if reduction is not None:
-            raise NotImplementedError("VisionMamba: token reduction is not integrated yet")
+        """Logits; `reduction` (a reduction.Spec, static under jit) shrinks the patch grid between
+        blocks with the middle class token taken out before planning and put back after."""
+        sites = self.reduction_sites(reduction)
+        reducer = reduction.reducer("vim") if sites else None
         hidden, residual = self.tokens(images), None
-        for layer in self.layers:
-            hidden, residual = layer(hidden, residual, train=train)
+        hw, position = self.grid, self.cls_position
+        for index, layer in enumerate(self.layers):
+            mix = None
+            if sites and reducer.method == "quartermap":
+                mix = functools.partial(_quartermap_sequence, position=position, hw=hw)
+            hidden, residual = layer(hidden, residual, train=train, mix=mix)
+            if sites and sites[index].out_hw != hw:
+                x, cls_residual = placement.split_class_token(residual, position, hw)
+                y, cls_hidden = placement.split_class_token(hidden, position, hw)
+                x, y = placement.reduce_pair(reducer, sites[index], x, y, index=index)
+                hw = sites[index].out_hw
+                position = hw[0] * hw[1] // 2
+                residual = placement.join_class_token(x, cls_residual, position)
+                hidden = placement.join_class_token(y, cls_hidden, position)
         residual = residual + self.final_drop_path(hidden, deterministic=not train)
-        features = self.norm_f(residual)[:, self.cls_position]
+        features = self.norm_f(residual)[:, position]
         return self.head(features.astype(hidden.dtype))
+
+
+def _quartermap_sequence(mixer, tokens, *, position, hw):
+    """QuarterMap on a class-token sequence: the mixer sees the halved grid with the class token
+    in its middle; its patch outputs are upsampled back, the class token's output kept."""
+    grid, cls = placement.split_class_token(tokens, position, hw)
+    small = placement.baselines.quartermap_downsample(grid)
+    small_position = small.shape[1] * small.shape[2] // 2
+    out = mixer(placement.join_class_token(small, cls, small_position))
+    out_grid, out_cls = placement.split_class_token(out, small_position, small.shape[1:3])
+    full = placement.baselines.quartermap_upsample(out_grid, hw)
+    return placement.join_class_token(full, out_cls, position)
 
 
 VARIANTS = {

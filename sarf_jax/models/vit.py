@@ -7,6 +7,8 @@ timm attribute names (`blocks.{i}.attn.qkv`, `mlp.fc1`, ...), so DeiT checkpoint
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,7 @@ from flax import nnx
 from sarf_jax.models.common import check_images, check_positive_ints, check_rate
 from sarf_jax.models.registry import register
 from sarf_jax.nn import DropPath, Mlp
+from sarf_jax.reduction import placement
 
 
 def layer_norm(dim: int, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -54,8 +57,15 @@ class Block(nnx.Module):
                        bias_init=jax.nn.initializers.zeros)
         self.drop_path = DropPath(drop_path, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = x + self.drop_path(self.attn(self.norm1(x)), deterministic=not train)
+    def __call__(self, x: jax.Array, *, train: bool, reduce=None, mix=None) -> jax.Array:
+        """`reduce(x, y)` shrinks the block input and the attention output with one plan before
+        they are added (reduction between attention and MLP, as EViT and ToMe place it);
+        `mix(attn, h)` replaces `attn(h)` (QuarterMap)."""
+        h = self.norm1(x)
+        y = self.attn(h) if mix is None else mix(self.attn, h)
+        if reduce is not None:
+            x, y = reduce(x, y)
+        x = x + self.drop_path(y, deterministic=not train)
         return x + self.drop_path(self.mlp(self.norm2(x)), deterministic=not train)
 
 
@@ -94,18 +104,43 @@ class VisionTransformer(nnx.Module):
         self.norm = layer_norm(embed_dim, dtype, rngs)
         self.head = linear(embed_dim, num_classes, dtype, rngs)
 
+    def reduction_sites(self, reduction):
+        """Grid before and after every block under `reduction` (None when nothing is reduced)."""
+        return placement.block_sites(reduction, (len(self.blocks),), self.grid)
+
     def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
-        if reduction is not None:
-            raise NotImplementedError("VisionTransformer: token reduction is not integrated yet")
+        """Logits; `reduction` (a reduction.Spec, static under jit) shrinks the patch grid inside
+        blocks, the class token (position 0) kept aside."""
+        sites = self.reduction_sites(reduction)
+        reducer = reduction.reducer("vit") if sites else None
         check_images("VisionTransformer", images, self.img_size, self.in_chans)
         dtype = self.dtype or images.dtype
         x = self.patch_embed(images.astype(dtype))
         x = x.reshape(x.shape[0], -1, x.shape[-1])
         cls = jnp.broadcast_to(self.cls_token[...].astype(dtype), (x.shape[0], 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(dtype)
-        for block in self.blocks:
-            x = block(x, train=train)
+        for index, block in enumerate(self.blocks):
+            reduce = mix = None
+            if sites and reducer.method == "quartermap":
+                mix = functools.partial(_quartermap_sequence, hw=sites[index].in_hw)
+            elif sites and sites[index].out_hw != sites[index].in_hw:
+                reduce = functools.partial(_reduce_with_class_token, reducer, sites[index], index=index)
+            x = block(x, train=train, reduce=reduce, mix=mix)
         return self.head(self.norm(x)[:, 0])
+
+
+def _reduce_with_class_token(reducer, site, x, y, *, index):
+    (x, cls_x), (y, cls_y) = (placement.split_class_token(t, 0, site.in_hw) for t in (x, y))
+    x, y = placement.reduce_pair(reducer, site, x, y, index=index)
+    return placement.join_class_token(x, cls_x, 0), placement.join_class_token(y, cls_y, 0)
+
+
+def _quartermap_sequence(attn, tokens, *, hw):
+    grid, cls = placement.split_class_token(tokens, 0, hw)
+    small = placement.baselines.quartermap_downsample(grid)
+    out = attn(placement.join_class_token(small, cls, 0))
+    out_grid, out_cls = placement.split_class_token(out, 0, small.shape[1:3])
+    return placement.join_class_token(placement.baselines.quartermap_upsample(out_grid, hw), out_cls, 0)
 
 
 VARIANTS = {

@@ -24,8 +24,8 @@ METRIC_SOURCE = {
 
 # tome_prune=None in a Spec means the official setting of the backbone's STORM code: VMamba (and
 # LocalMamba) instantiate TokenMerge2Dv4 with if_prune=True, PlainMamba with if_prune=False. Vim is
-# not in STORM; R-MeeTo, whose merge STORM wraps, merges by default.
-TOME_PRUNE_BY_FAMILY = {"vmamba": True, "plainmamba": False, "vim": False}
+# not in STORM; R-MeeTo, whose merge STORM wraps, merges by default, and so does ToMe on ViT.
+TOME_PRUNE_BY_FAMILY = {"vmamba": True, "plainmamba": False, "vim": False, "vit": False}
 
 
 def check_method(method: str) -> None:
