@@ -224,7 +224,6 @@ def _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size, interpret)
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
         raise ValueError(f"selective_scan: chunk_size must be a positive int, got {chunk_size!r}")
-
     if not (interpret is None or isinstance(interpret, bool)
             or isinstance(interpret, pltpu.InterpretParams)):
         raise ValueError(
