@@ -2,6 +2,9 @@
 
 Prints one JSON object per line:
   {"bench": "scan", ...}   every selective_scan impl, and mambapy's pscan (torch) on the same math;
+                           the `pallas` row runs the kernel in interpret mode on a CPU
+                           ("interpret": true): a correctness path whose time says nothing about
+                           the kernel (benchmarks/scan_gpu.py times it on an accelerator);
   {"bench": "mixer", ...}  sarf_jax.nn.Mamba and transformers' MambaMixer (torch CPU, its
                            pure-PyTorch path) with the same sizes;
   {"bench": "summary", ...} the ratios the foundation issue sets targets for, as measured here.
@@ -33,7 +36,7 @@ from sarf_jax.nn import Mamba
 from sarf_jax.ops import selective_scan
 from sarf_jax.ops.selective_scan import DEFAULT_CHUNK_SIZE, resolve_impl
 
-SCAN_IMPLS = ("reference", "associative", "chunked")
+SCAN_IMPLS = ("reference", "associative", "chunked", "pallas")
 
 
 def machine() -> dict:
@@ -109,8 +112,10 @@ def bench_scan(impl, shape, dtype, repeats):
     fb_ms, fb_compile, fb_temp = time_jax(forward_backward, args, repeats)
     batch, length, channels, state = shape
     one_state_tensor = 4 * batch * length * channels * state
+    pallas = resolve_impl(impl).startswith("pallas")
     return {
         "bench": "scan", "impl": impl, "resolved_impl": resolve_impl(impl),
+        "interpret": pallas and jax.default_backend() == "cpu",
         "chunk_size": DEFAULT_CHUNK_SIZE if resolve_impl(impl) == "chunked" else None,
         "shape": dict(zip(("batch", "length", "channels", "state"), shape)), "dtype": jnp.dtype(dtype).name,
         "forward_ms": fwd_ms, "forward_backward_ms": fb_ms,

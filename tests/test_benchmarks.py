@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -15,9 +17,25 @@ def test_scan_benchmark_quick_run_prints_every_row():
     )
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     impls = {(row["bench"], row.get("impl")) for row in rows}
-    for impl in ("auto", "reference", "associative", "chunked", "mambapy.pscan (torch)"):
+    for impl in ("auto", "reference", "associative", "chunked", "pallas", "mambapy.pscan (torch)"):
         assert ("scan", impl) in impls
     assert ("mixer", "sarf_jax.nn.Mamba") in impls and ("mixer", "transformers.MambaMixer (torch)") in impls
+    interpreted = jax.default_backend() == "cpu"
+    assert [row["interpret"] for row in rows if row.get("impl") == "pallas"] == [interpreted]
     summary = rows[-1]
     assert summary["bench"] == "summary"
     assert summary["auto_temp_forward_backward_per_state_tensor"] > 0
+
+
+def test_accelerator_scan_benchmark_quick_run_prints_every_row():
+    """On this CPU it times interpret mode (meaningless); the point is that the script a GPU
+    session will run does not crash there."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scan_gpu.py"), "--quick", "--layers", "vim_s"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert rows[0]["bench"] == "device"
+    assert [row["impl"] for row in rows if row["bench"] == "scan_accel"] == ["pallas", "chunked", "reference"]
+    summary = rows[-1]
+    assert summary["bench"] == "summary" and summary["pallas_agrees_with_reference"]

@@ -8,8 +8,9 @@ Convention (fvcore, as used by the official VMamba / Vim / PlainMamba FLOP table
   LayerNorm 5 per element; that is < 1% of every model here, and the official numbers that include
   it are quoted with two digits.)
 
-Scans and causal depthwise convolutions are jit regions named `selective_scan_core` and
-`causal_depthwise_conv1d`; the counter charges them by rule instead of looking inside.
+Scans and causal depthwise convolutions are jit regions named `selective_scan_core` (or
+`selective_scan_pallas`) and `causal_depthwise_conv1d`; the counter charges them by rule instead
+of looking inside.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ def _selective_scan_flops(invars) -> int:
     return 9 * elements * A.aval.shape[-1] + extras * elements
 
 
+def _pallas_selective_scan_flops(invars) -> int:
+    u, A = invars[:2]  # u: (batch, length, channels); A: (channels, state); then delta, B, C, bias
+    elements = math.prod(u.aval.shape)
+    extras = len(invars) - 6  # D and/or z
+    return 9 * elements * A.aval.shape[-1] + extras * elements
+
+
 def _causal_conv_flops(invars) -> int:
     x, kernel = invars[:2]
     return math.prod(x.aval.shape) * kernel.aval.shape[0]
@@ -36,6 +44,7 @@ def _causal_conv_flops(invars) -> int:
 
 REGION_RULES = {
     "selective_scan_core": _selective_scan_flops,
+    "selective_scan_pallas": _pallas_selective_scan_flops,
     "causal_depthwise_conv1d": _causal_conv_flops,
 }
 

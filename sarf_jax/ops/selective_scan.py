@@ -8,9 +8,10 @@ laid out channels-last:
     y_t    = <h_t, C_t> + D * u_t
     y_t   *= silu(z_t)                              (when z is given)
 
-Every implementation computes only the linear recurrence and the readout <h_t, C_t>; this module
-does the rest once, in float32, so all implementations share exactly the same arithmetic around
-the scan.
+The XLA implementations compute only the linear recurrence and the readout <h_t, C_t>; this
+module does the rest once, in float32, so they all share exactly the same arithmetic around the
+scan. The Pallas kernels fuse everything (delta_bias, softplus, D, z) into the kernel, with the
+same float32 arithmetic, so that nothing of size (batch, length, channels) is written twice.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas import tpu as pltpu
 
-from sarf_jax.ops import scan_associative, scan_chunked, scan_reference
+from sarf_jax.ops import scan_associative, scan_chunked, scan_pallas, scan_reference
 
-# Each implementation maps (u, delta, A, B, C) -> (y, last_state) with
+# Each XLA implementation maps (u, delta, A, B, C) -> (y, last_state) with
 #   u, delta: (batch, length, groups, channels_per_group) float32, delta already discretised,
 #   A:        (groups, channels_per_group, state) float32,
 #   B, C:     (batch, length, groups, state) float32,
@@ -36,20 +38,28 @@ IMPLEMENTATIONS: dict[str, Recurrence] = {
     "associative": scan_associative.recurrence,
     "chunked": scan_chunked.recurrence,
 }
-IMPLS = ("auto", *IMPLEMENTATIONS)
+PALLAS_IMPLS = ("pallas", *scan_pallas.KERNELS)
+IMPLS = ("auto", *IMPLEMENTATIONS, *PALLAS_IMPLS)
 
 DEFAULT_CHUNK_SIZE = scan_chunked.DEFAULT_CHUNK_SIZE
 
 
-def resolve_impl(impl: str) -> str:
-    """Name of the implementation `impl` stands for on the current backend.
+def resolve_impl(impl: str, platform: str | None = None) -> str:
+    """Name of the implementation `impl` stands for on `platform` (default: JAX's backend).
 
-    `auto` is `chunked` everywhere for now: it is exact, keeps only chunk-boundary states for the
-    backward pass, and is the fastest XLA form measured on CPU (see benchmarks/scan.py).
+    `auto` is `chunked` on every platform for now: it is exact, keeps only chunk-boundary states
+    for the backward pass, and is the fastest XLA form measured on CPU (see benchmarks/scan.py).
+    The Pallas kernels pass their interpret-mode tests and lower for TPU and GPU, but have not
+    been compiled or timed on real hardware yet, so `auto` does not pick them (README).
+    `pallas` is `pallas_gpu` on GPU and `pallas_tpu` elsewhere (interpret mode on CPU).
     """
     if impl not in IMPLS:
         raise ValueError(f"selective_scan: impl must be one of {IMPLS}, got {impl!r}")
-    return "chunked" if impl == "auto" else impl
+    if impl == "auto":
+        return "chunked"
+    if impl == "pallas":
+        return scan_pallas.kernel_for_platform(platform or jax.default_backend())
+    return impl
 
 
 def selective_scan(
@@ -66,6 +76,7 @@ def selective_scan(
     return_last_state: bool = False,
     impl: str = "auto",
     chunk_size: int | None = None,
+    interpret: bool | None = None,
 ):
     """Mamba's selective scan over (batch, length, channels) inputs.
 
@@ -80,9 +91,15 @@ def selective_scan(
       delta_softplus: apply softplus to delta + delta_bias.
       return_last_state: also return the final state h_L, (batch, channels, state) float32.
       impl: "auto", "reference" (lax.scan over steps, the oracle), "associative" (one
-        lax.associative_scan over the whole sequence) or "chunked" (lax.scan over chunks,
-        rematerialised so that only chunk-boundary states are kept for the backward pass).
+        lax.associative_scan over the whole sequence), "chunked" (lax.scan over chunks,
+        rematerialised so that only chunk-boundary states are kept for the backward pass),
+        "pallas" (the fused kernel for the platform), "pallas_tpu" or "pallas_gpu" (that
+        kernel). A shape a kernel cannot take runs "chunked" instead, with a one-time warning.
       chunk_size: chunk length for "chunked" (default 8); ignored by the others.
+      interpret: Pallas only: run the kernel in interpret mode. None (default) interprets
+        exactly when JAX's default backend is the CPU; False on a CPU host lowers the kernel for
+        its platform (for `.lower(lowering_platforms=...)`); for "pallas_tpu" a
+        `pltpu.InterpretParams()` selects the TPU interpreter.
 
     Returns:
       y (batch, length, channels) in u's dtype; with `return_last_state`, (y, last_state).
@@ -90,8 +107,16 @@ def selective_scan(
     """
     u, delta, A, B, C = (jnp.asarray(x) for x in (u, delta, A, B, C))
     D, z, delta_bias = (None if x is None else jnp.asarray(x) for x in (D, z, delta_bias))
-    _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size)
+    _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size, interpret)
     name = resolve_impl(impl)
+    if name in scan_pallas.KERNELS:
+        result = scan_pallas.run(name, u, delta, A, B, C, D, z, delta_bias,
+                                 delta_softplus=delta_softplus,
+                                 return_last_state=return_last_state, interpret=interpret)
+        if result is not None:
+            y, last_state = result
+            return (y, last_state) if return_last_state else y
+        name = "chunked"
 
     batch, length, channels = u.shape
     grouped = B.ndim == 4
@@ -141,7 +166,7 @@ def selective_scan_core(u, delta, A, B, C, D, z, *, impl, chunk_size):
     return y, last_state
 
 
-def _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size):
+def _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size, interpret):
     """Raise ValueError naming the offending argument, before anything is traced or compiled."""
     for name, x in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
                     ("z", z), ("delta_bias", delta_bias)):
@@ -199,4 +224,9 @@ def _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size):
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
         raise ValueError(f"selective_scan: chunk_size must be a positive int, got {chunk_size!r}")
-
+    if not (interpret is None or isinstance(interpret, bool)
+            or isinstance(interpret, pltpu.InterpretParams)):
+        raise ValueError(
+            "selective_scan: interpret must be None, True, False or a pltpu.InterpretParams, "
+            f"got {interpret!r}"
+        )

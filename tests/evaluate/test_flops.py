@@ -23,7 +23,7 @@ def test_matmul_and_convolution_count_one_per_multiply_accumulate():
     assert count_flops(conv, spec(1, 8, 8, 8), spec(3, 3, 4, 6)) == 4 * 4 * 6 * 3 * 3 * 4
 
 
-@pytest.mark.parametrize("impl", ["reference", "chunked", "associative"])
+@pytest.mark.parametrize("impl", ["reference", "chunked", "associative", "pallas_tpu", "pallas_gpu"])
 def test_selective_scan_counts_nine_bldn_plus_d_and_z(impl):
     b, l, d, n = 2, 10, 6, 4
     bare = lambda u, delta, A, B, C: selective_scan(u, delta, A, B, C, impl=impl)

@@ -180,7 +180,8 @@ def _with(**changes):
     (_with(delta_bias=np.zeros((6, 1), np.float32)), {}, r"delta_bias must have shape \(channels,\)"),
     (_with(u=np.zeros((2, 13, 6), np.int32)), {}, r"u must have a real floating dtype, got int32"),
     (_with(A=np.zeros((6, 4), np.complex64)), {}, r"complex A is not supported"),
-    (_with(), {"impl": "cuda"}, r"impl must be one of \('auto', 'reference', 'associative', 'chunked'\)"),
+    (_with(), {"impl": "cuda"}, r"impl must be one of \('auto', 'reference', 'associative', 'chunked', 'pallas', "
+                             r"'pallas_tpu', 'pallas_gpu'\)"),
     (_with(), {"chunk_size": 0}, r"chunk_size must be a positive int, got 0"),
 ])
 def test_bad_arguments_raise_value_error_naming_the_argument(args, kwargs, message):

@@ -1,0 +1,332 @@
+"""The selective scan as Pallas GPU kernels (Triton lowering): one forward, one backward kernel.
+
+Same fusion as the TPU kernels (scan_pallas_tpu.py): delta_bias and softplus, exp(delta A),
+delta B u, the recurrence, <h, C>, D u and the z gate all happen in registers; HBM sees the
+inputs, y, the gradients and the saved states.
+
+Why Triton and not Mosaic GPU. JAX 0.11 deprecated Pallas' Triton backend in favour of Mosaic GPU
+(reference/jax.md §7.1), so this is a deliberate choice, to revisit:
+  * the scan is an elementwise recurrence with a small reduction over the state; it needs no
+    TensorCore, TMA or warp specialisation, which is what Mosaic GPU is for. Its register
+    layouts (WGMMA tiles of 64 rows, strided layouts) support broadcasting and reducing over a
+    16-row state only through layout casts and shared-memory round trips, and state == 1
+    (VMamba) not at all without padding;
+  * Triton distributes any power-of-two block over the threads itself, lowers `fori_loop` with
+    dynamic ref indexing, and runs on Ampere as well as Hopper;
+  * the Triton lowering can be checked from a CPU-only host (lowering for 'cuda' under an
+    abstract H100 device, tests/ops/test_scan_pallas.py); Mosaic GPU needs the GPU to compile.
+  JAX prints a DeprecationWarning when it lowers these kernels; a port to Mosaic GPU is the
+  follow-up once a GPU is available to validate it.
+
+Layout: grid (batch, groups, channel tiles within a group); one program owns `channel_tile`
+channels of one group (a power of two dividing channels // groups, at most 64) for the whole
+sequence, with the fp32 state (state, channel_tile) in registers. GPU programs run in parallel,
+so the state cannot be carried across sequence blocks as on TPU; parallelism comes from batch x
+channels (fine for training batches; a batch of 1-2 leaves most SMs idle).
+
+Backward: the forward pass saves the state at the start of every chunk of `chunk` (default 8) steps
+(batch, chunks, state, channels) fp32 (the same memory as the `chunked` implementation's
+boundary states). The backward program walks the chunks in reverse; per chunk it recomputes the
+chunk's states into registers (the chunk loop is unrolled in Python, so every state is a separate
+value) and runs the reverse recurrence over them. dA, dD, d(delta_bias) are per-program sums
+(batch rows reduced outside); dB, dC are per-channel-tile sums reduced outside.
+
+Constraints (else the dispatcher falls back to `chunked`): state a power of two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+F32 = jnp.float32
+CHANNEL_TILE = 64  # channels per program at most (a power of two)
+CHUNK = 8  # steps between saved states, recomputed per chunk in the backward pass
+NUM_WARPS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """Everything the kernels are specialised on (hashable: a custom_vjp non-diff argument)."""
+
+    batch: int
+    length: int
+    channels: int
+    state: int
+    groups: int
+    channel_tile: int
+    chunk: int
+    delta_softplus: bool
+    has_z: bool
+    return_last_state: bool
+    interpret: object
+
+    @property
+    def per_group(self):
+        return self.channels // self.groups
+
+    @property
+    def tiles_per_group(self):
+        return self.per_group // self.channel_tile
+
+    @property
+    def num_chunks(self):
+        return -(-self.length // self.chunk)
+
+
+def _is_power_of_two(n):
+    return n >= 1 and n & (n - 1) == 0
+
+
+def channel_tile_for(per_group: int) -> int:
+    """The largest power of two <= CHANNEL_TILE dividing per_group."""
+    return min(CHANNEL_TILE, per_group & -per_group)
+
+
+def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret) -> Static | None:
+    """The kernels' static configuration for these arguments, or None if they cannot take them."""
+    batch, length, channels = u.shape
+    state = A.shape[1]
+    groups = B.shape[2] if B.ndim == 4 else 1
+    if not _is_power_of_two(state):
+        return None
+    return Static(batch, length, channels, state, groups, channel_tile_for(channels // groups),
+                  CHUNK, bool(delta_softplus), z is not None, bool(return_last_state), interpret)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+
+
+class _Program:
+    """This program's coordinates and per-channel parameters."""
+
+    def __init__(self, static: Static, A_ref, D_ref, bias_ref):
+        self.batch, self.group, tile = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+        first = self.group * static.per_group + tile * static.channel_tile
+        self.channels = pl.ds(pl.multiple_of(first, static.channel_tile), static.channel_tile)
+        self.tile = tile
+        self.A = A_ref[:, self.channels]  # (state, channel_tile)
+        self.D = D_ref[self.channels]
+        self.bias = bias_ref[self.channels]
+
+
+def _load_step(static: Static, p: _Program, t, u_ref, delta_ref, B_ref, C_ref):
+    """fp32 (u, raw delta + bias, step, B column, C column) of step t for this program."""
+    u = u_ref[p.batch, t, p.channels].astype(F32)
+    step_in = delta_ref[p.batch, t, p.channels].astype(F32) + p.bias
+    step = jax.nn.softplus(step_in) if static.delta_softplus else step_in
+    B = B_ref[p.batch, t, p.group, :].astype(F32)[:, None]
+    C = C_ref[p.batch, t, p.group, :].astype(F32)[:, None]
+    return u, step_in, step, B, C
+
+
+def _forward_kernel(static: Static, save_chunk_states: bool, *refs):
+    refs = list(refs)
+    take = lambda present=True: refs.pop(0) if present else None
+    u_ref, delta_ref, z_ref = take(), take(), take(static.has_z)
+    B_ref, C_ref, A_ref, D_ref, bias_ref = (take() for _ in range(5))
+    y_ref = take()
+    chunk_states_ref = take(save_chunk_states)
+    last_state_ref = take(static.return_last_state)
+    p = _Program(static, A_ref, D_ref, bias_ref)
+
+    def scan_step(t, h):
+        u, _, step, B, C = _load_step(static, p, t, u_ref, delta_ref, B_ref, C_ref)
+        h = jnp.exp(step[None, :] * p.A) * h + (step * u)[None, :] * B
+        y = jnp.sum(h * C, axis=0) + p.D * u
+        if static.has_z:
+            y = y * jax.nn.silu(z_ref[p.batch, t, p.channels].astype(F32))
+        y_ref[p.batch, t, p.channels] = y.astype(y_ref.dtype)
+        return h
+
+    h = jnp.zeros((static.state, static.channel_tile), F32)
+    if save_chunk_states:
+        def one_chunk(k, h):
+            chunk_states_ref[p.batch, k, :, p.channels] = h
+            end = jnp.minimum((k + 1) * static.chunk, static.length)
+            return lax.fori_loop(k * static.chunk, end, scan_step, h)
+
+        h = lax.fori_loop(0, static.num_chunks, one_chunk, h)
+    else:
+        h = lax.fori_loop(0, static.length, scan_step, h)
+    if static.return_last_state:
+        last_state_ref[p.batch, :, p.channels] = h
+
+
+def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
+    refs = list(refs)
+    take = lambda present=True: refs.pop(0) if present else None
+    u_ref, delta_ref, z_ref, gy_ref = take(), take(), take(static.has_z), take()
+    B_ref, C_ref, A_ref, D_ref, bias_ref, chunk_states_ref = (take() for _ in range(6))
+    g_last_ref = take(has_last_state_cotangent)
+    gu_ref, gdelta_ref, gz_ref = take(), take(), take(static.has_z)
+    gB_ref, gC_ref, gA_ref, gD_ref, gbias_ref = refs
+    p = _Program(static, A_ref, D_ref, bias_ref)
+    last_step = static.length - 1
+
+    def one_chunk(i, carry):
+        g_h, gA, gD, gbias = carry
+        k = static.num_chunks - 1 - i
+        # Recompute the chunk: states[0] is h before its first step, states[j + 1] after step j.
+        steps, states = [], [chunk_states_ref[p.batch, k, :, p.channels]]
+        for j in range(static.chunk):
+            t = k * static.chunk + j
+            valid = t <= last_step
+            t = jnp.minimum(t, last_step)  # past the end: read a real row, use step 0
+            u, step_in, step, B, C = _load_step(static, p, t, u_ref, delta_ref, B_ref, C_ref)
+            step = jnp.where(valid, step, 0.0)
+            decay = jnp.exp(step[None, :] * p.A)
+            states.append(decay * states[-1] + (step * u)[None, :] * B)
+            steps.append((t, valid, u, step_in, step, B, C, decay))
+        # Reverse recurrence over the chunk.
+        for j in reversed(range(static.chunk)):
+            t, valid, u, step_in, step, B, C, decay = steps[j]
+            g_readout = gy_ref[p.batch, t, p.channels].astype(F32)
+            if static.has_z:
+                z = z_ref[p.batch, t, p.channels].astype(F32)
+                sigmoid_z = jax.nn.sigmoid(z)
+                y_before_gate = jnp.sum(states[j + 1] * C, axis=0) + p.D * u
+                gz = g_readout * y_before_gate * sigmoid_z * (1.0 + z * (1.0 - sigmoid_z))
+                g_readout = g_readout * (z * sigmoid_z)
+            g_readout = jnp.where(valid, g_readout, 0.0)
+            g_h = g_h + g_readout[None, :] * C
+            g_decay = g_h * states[j] * decay
+            gA = gA + g_decay * step[None, :]
+            g_drive_B = jnp.sum(g_h * B, axis=0)
+            g_step = jnp.sum(g_decay * p.A, axis=0) + u * g_drive_B
+            if static.delta_softplus:
+                g_step = g_step * jax.nn.sigmoid(step_in)
+            g_step = jnp.where(valid, g_step, 0.0)
+            gD = gD + g_readout * u
+            gbias = gbias + g_step
+
+            @pl.when(valid)
+            def _():
+                gu_ref[p.batch, t, p.channels] = (g_readout * p.D + step * g_drive_B).astype(gu_ref.dtype)
+                gdelta_ref[p.batch, t, p.channels] = g_step.astype(gdelta_ref.dtype)
+                if static.has_z:
+                    gz_ref[p.batch, t, p.channels] = gz.astype(gz_ref.dtype)
+                gB_ref[p.batch, p.group, p.tile, t, :] = jnp.sum(g_h * (step * u)[None, :], axis=1)
+                gC_ref[p.batch, p.group, p.tile, t, :] = jnp.sum(states[j + 1] * g_readout[None, :], axis=1)
+
+            g_h = g_h * decay
+        return g_h, gA, gD, gbias
+
+    zeros_state = jnp.zeros((static.state, static.channel_tile), F32)
+    zeros_row = jnp.zeros((static.channel_tile,), F32)
+    g_h = g_last_ref[p.batch, :, p.channels] if has_last_state_cotangent else zeros_state
+    _, gA, gD, gbias = lax.fori_loop(0, static.num_chunks, one_chunk,
+                                    (g_h, zeros_state, zeros_row, zeros_row))
+    gA_ref[p.batch, :, p.channels] = gA
+    gD_ref[p.batch, p.channels] = gD
+    gbias_ref[p.batch, p.channels] = gbias
+
+
+# ------------------------------------------------------------------------------------------------
+# pallas_call wrappers
+
+
+def _grid(static: Static):
+    return (static.batch, static.groups, static.tiles_per_group)
+
+
+def _compiler_params():
+    return pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=1)
+
+
+def _kernel_operands(static: Static, A, B, C, D, delta_bias):
+    grouped = lambda x: x.reshape(static.batch, static.length, static.groups, static.state)
+    return (grouped(B), grouped(C), jnp.swapaxes(A.astype(F32), 0, 1), D.astype(F32),
+            delta_bias.astype(F32))
+
+
+def _forward(static: Static, save_chunk_states: bool, u, delta, z, A, B, C, D, delta_bias):
+    """(y, chunk start states (batch, chunks, state, channels) or None, last state or None)."""
+    inputs = [u, delta] + ([z] if static.has_z else []) + list(
+        _kernel_operands(static, A, B, C, D, delta_bias))
+    out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype)]
+    if save_chunk_states:
+        out_shape.append(jax.ShapeDtypeStruct(
+            (static.batch, static.num_chunks, static.state, static.channels), F32))
+    if static.return_last_state:
+        out_shape.append(jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32))
+    outputs = list(pl.pallas_call(
+        functools.partial(_forward_kernel, static, save_chunk_states),
+        grid=_grid(static),
+        out_shape=out_shape,
+        compiler_params=_compiler_params(),
+        interpret=static.interpret,
+        name="selective_scan_forward",
+    )(*inputs))
+    y = outputs.pop(0)
+    chunk_states = outputs.pop(0) if save_chunk_states else None
+    last_state = jnp.swapaxes(outputs.pop(0), 1, 2) if static.return_last_state else None
+    return y, chunk_states, last_state
+
+
+def _backward(static: Static, residuals, gy, g_last_state):
+    u, delta, z, A, B, C, D, delta_bias, chunk_states = residuals
+    has_g_last = g_last_state is not None
+    inputs = ([u, delta] + ([z] if static.has_z else []) + [gy]
+              + list(_kernel_operands(static, A, B, C, D, delta_bias)) + [chunk_states])
+    if has_g_last:
+        inputs.append(jnp.swapaxes(g_last_state.astype(F32), 1, 2))
+    sequence_grads = [u, delta] + ([z] if static.has_z else [])
+    partial_bc = (static.batch, static.groups, static.tiles_per_group, static.length, static.state)
+    out_shape = ([jax.ShapeDtypeStruct(x.shape, x.dtype) for x in sequence_grads]
+                 + [jax.ShapeDtypeStruct(partial_bc, F32)] * 2
+                 + [jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32)]
+                 + [jax.ShapeDtypeStruct((static.batch, static.channels), F32)] * 2)
+    grads = list(pl.pallas_call(
+        functools.partial(_backward_kernel, static, has_g_last),
+        grid=_grid(static),
+        out_shape=out_shape,
+        compiler_params=_compiler_params(),
+        interpret=static.interpret,
+        name="selective_scan_backward",
+    )(*inputs))
+    gu, gdelta = grads.pop(0), grads.pop(0)
+    gz = grads.pop(0) if static.has_z else None
+    gB_partial, gC_partial, gA_partial, gD_partial, gbias_partial = grads
+
+    def bc_grad(partial, like):
+        g = jnp.swapaxes(partial.sum(axis=2), 1, 2)  # (batch, length, groups, state)
+        return g.reshape(like.shape).astype(like.dtype)
+
+    gA = jnp.swapaxes(gA_partial.sum(axis=0), 0, 1).astype(A.dtype)
+    return (gu, gdelta, gz, gA, bc_grad(gB_partial, B), bc_grad(gC_partial, C),
+            gD_partial.sum(axis=0).astype(D.dtype), gbias_partial.sum(axis=0).astype(delta_bias.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _scan(static: Static, u, delta, z, A, B, C, D, delta_bias):
+    y, _, last_state = _forward(static, False, u, delta, z, A, B, C, D, delta_bias)
+    return y, last_state
+
+
+def _scan_forward(static: Static, u, delta, z, A, B, C, D, delta_bias):
+    y, chunk_states, last_state = _forward(static, True, u, delta, z, A, B, C, D, delta_bias)
+    return (y, last_state), (u, delta, z, A, B, C, D, delta_bias, chunk_states)
+
+
+def _scan_backward(static: Static, residuals, cotangents):
+    gy, g_last_state = cotangents
+    return _backward(static, residuals, gy, g_last_state if static.return_last_state else None)
+
+
+_scan.defvjp(_scan_forward, _scan_backward)
+
+
+def scan(static: Static, u, delta, A, B, C, D, z, delta_bias):
+    """y (u.dtype) and the last state (batch, channels, state) fp32 or None; differentiable.
+
+    D and delta_bias must be arrays (zeros when absent); shapes as in selective_scan.
+    """
+    return _scan(static, u, delta, z, A, B, C, D, delta_bias)

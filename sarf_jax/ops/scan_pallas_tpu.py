@@ -1,0 +1,477 @@
+"""The selective scan as Pallas TPU (Mosaic) kernels: one forward kernel, one backward kernel.
+
+Everything of the scan happens inside the kernels: delta + delta_bias and its softplus, the
+discretisation exp(delta A) and delta B u, the recurrence, the readout <h, C>, the D skip and the
+z gate, forward and backward. HBM sees only the inputs, y, the gradients, and one state per
+sequence tile; no (batch, length, channels, state) tensor ever exists.
+
+Layout (reference/jax.md §7.3-7.4): channels on lanes, the state on sublanes.
+
+  grid        (batch, channel tiles, sequence tiles); the sequence axis is last and "arbitrary",
+              so the fp32 state h (state, channel_tile) stays in VMEM scratch from one sequence
+              tile to the next; the other two axes are "parallel".
+  u, delta, z (batch, length, channels) in their own dtype, blocks (seq_tile, channel_tile);
+              cast to fp32 in VMEM.
+  B, C        flattened outside to (batch, groups, length * state) so that the block
+              (groups, seq_tile * state) is lane-dense; at the start of a tile one small matmul
+              with a 0/1 (groups, channel_tile) matrix expands them to (seq_tile * state,
+              channel_tile): row t * state + n holds B[t, group(c), n] for every lane c. That
+              handles plain and grouped B/C alike, with no relayout inside the time loop.
+  time loop   `lax.fori_loop` over the tile with ref indexing `ref[pl.ds(t, 1), :]`.
+
+Backward (one kernel, sequence tiles visited in reverse through the index maps): the forward
+pass saved only the state at the end of each sequence tile. Each tile recomputes its states from
+the previous tile's end state into VMEM, then runs the reverse recurrence
+    g_h[t] = exp(delta[t+1] A) g_h[t+1] + g_readout[t] C[t]
+with g_h carried in VMEM scratch across tiles. dA, dD, d(delta_bias) are accumulated per batch
+row in resident output blocks; dB and dC are written per (channel tile, sequence tile) as one
+(groups, channel_tile) x (seq_tile * state, channel_tile)^T matmul each. The batch and
+channel-tile partial sums are reduced outside (no atomics on TPU).
+
+Sizes: a channel tile is a multiple of 128 dividing `channels` (or all channels when that is not
+a multiple of 128); a sequence tile is a multiple of 8 with seq_tile * state a multiple of 128
+(or the whole length). The last sequence tile may run past `length`: those steps get
+delta = 0 and B = C = 0, which leaves the state unchanged (exp(0 A) = 1, 0 B u = 0), and their
+rows are never written back. `plan_tiling` returns None for shapes whose tiles would not fit the
+VMEM budget; the dispatcher then falls back to `chunked`.
+
+Known inefficiency: with state == 1 (VMamba) the state row fills one of the 8 sublanes of a
+vector register. Not tuned on hardware (none was available): tile sizes follow axlearn's v5p
+defaults in spirit (reference/jax.md §1.2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+F32 = jnp.float32
+HIGHEST = lax.Precision.HIGHEST
+
+CHANNEL_TILE = 256  # target lanes per tile (a multiple of 128)
+MAX_SEQ_TILE = 1024
+VMEM_BUDGET_BYTES = 10 * 2**20  # under the "16MB+" of VMEM Pallas' TPU docs promise
+TILE_OVERHEAD_STEPS = 16  # a grid step costs about as much as this many scan steps (estimate)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    seq_tile: int
+    num_seq_tiles: int
+    channel_tile: int
+    num_channel_tiles: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """Everything the kernels are specialised on (hashable: a custom_vjp non-diff argument)."""
+
+    batch: int
+    length: int
+    channels: int
+    state: int
+    groups: int
+    tiling: Tiling
+    delta_softplus: bool
+    has_z: bool
+    return_last_state: bool
+    interpret: object  # False, True, or a pltpu.InterpretParams
+
+    @property
+    def per_group(self):
+        return self.channels // self.groups
+
+
+def _vmem_bytes(seq_tile, channel_tile, state, groups):
+    """Upper estimate of the backward kernel's VMEM (the larger of the two), inputs in fp32."""
+    tile = seq_tile * channel_tile * 4
+    flat_bc = (-(-groups // 8) * 8) * seq_tile * state * 4
+    scratch = 3 * seq_tile * state * channel_tile * 4 + 6 * tile + state * channel_tile * 4
+    buffers = 2 * (7 * tile + 4 * flat_bc + 3 * state * channel_tile * 4)  # double-buffered
+    return scratch + buffers
+
+
+def plan_tiling(length: int, channels: int, state: int, groups: int) -> Tiling | None:
+    """Tile sizes for these shapes, or None when no legal tiling fits the VMEM budget."""
+    if channels % 128:
+        channel_tile = channels  # a block equal to the full dimension is always legal
+    else:
+        channel_tile = max(d for d in range(128, min(CHANNEL_TILE, channels) + 1, 128)
+                           if channels % d == 0)
+    align = math.lcm(8, 128 // math.gcd(state, 128))  # seq_tile % 8 == 0, seq_tile * state % 128 == 0
+    fits = lambda tile: _vmem_bytes(tile, channel_tile, state, groups) <= VMEM_BUDGET_BYTES
+    if length <= MAX_SEQ_TILE and fits(length):
+        return Tiling(length, 1, channel_tile, channels // channel_tile)
+    candidates = [t for t in range(align, min(MAX_SEQ_TILE, length) + 1, align) if fits(t)]
+    if not candidates:
+        return None
+    cost = lambda t: -(-length // t) * (t + TILE_OVERHEAD_STEPS)
+    seq_tile = min(candidates, key=lambda t: (cost(t), -t))
+    return Tiling(seq_tile, -(-length // seq_tile), channel_tile, channels // channel_tile)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+
+
+def _group_matrix(static: Static, channel_tile_index):
+    """(groups, channel_tile) float 0/1: entry [g, c] says lane c of this tile reads group g."""
+    shape = (static.groups, static.tiling.channel_tile)
+    channel = lax.broadcasted_iota(jnp.int32, shape, 1) + channel_tile_index * static.tiling.channel_tile
+    first = lax.broadcasted_iota(jnp.int32, shape, 0) * static.per_group
+    return ((channel >= first) & (channel < first + static.per_group)).astype(F32)
+
+
+def _prepare_tile(static: Static, seq_tile_index, channel_tile_index, u_ref, delta_ref, bias_ref,
+                  B_ref, C_ref, step_ref, drive_ref, B_lanes_ref, C_lanes_ref):
+    """Discretise one tile into scratch; returns the (seq_tile, channel_tile) mask of real steps.
+
+    step = softplus(delta + delta_bias) (or without softplus), drive = step * u, both zero on the
+    steps past `length`; B and C expanded to one row per (step, state) and one lane per channel.
+    """
+    seq_tile, state = static.tiling.seq_tile, static.state
+    steps_left = static.length - seq_tile_index * seq_tile
+    valid = lax.broadcasted_iota(jnp.int32, step_ref.shape, 0) < steps_left
+    step = delta_ref[...].astype(F32) + bias_ref[...]
+    if static.delta_softplus:
+        step = jax.nn.softplus(step)
+    step = jnp.where(valid, step, 0.0)
+    step_ref[...] = step
+    drive_ref[...] = jnp.where(valid, step * u_ref[...].astype(F32), 0.0)
+
+    groups = _group_matrix(static, channel_tile_index)
+    column = lax.broadcasted_iota(jnp.int32, (static.groups, seq_tile * state), 1)
+    for flat_ref, lanes_ref in ((B_ref, B_lanes_ref), (C_ref, C_lanes_ref)):
+        flat = jnp.where(column < steps_left * state, flat_ref[...].astype(F32), 0.0)
+        lanes_ref[...] = lax.dot_general(flat, groups, (((0,), (0,)), ((), ())),
+                                         precision=HIGHEST, preferred_element_type=F32)
+    return valid
+
+
+def _state_rows(t, state):
+    return pl.ds(pl.multiple_of(t * state, state), state)
+
+
+def _unroll(static: Static):
+    """Steps per loop iteration on hardware; 1 in interpret mode, where unrolling only makes the
+    CPU compile several times slower (same arithmetic either way)."""
+    return 1 if static.interpret is not False else min(8, static.tiling.seq_tile)
+
+
+def _forward_kernel(static: Static, save_tile_states: bool, *refs):
+    refs = list(refs)
+    take = lambda present=True: refs.pop(0) if present else None
+    u_ref, delta_ref, z_ref = take(), take(), take(static.has_z)
+    B_ref, C_ref, A_ref, D_ref, bias_ref = (take() for _ in range(5))
+    y_ref = take()
+    state_out_ref = take(save_tile_states or static.return_last_state)
+    h_ref, step_ref, drive_ref, B_lanes_ref, C_lanes_ref, readout_ref = refs
+
+    channel_tile_index, seq_tile_index = pl.program_id(1), pl.program_id(2)
+    state = static.state
+
+    @pl.when(seq_tile_index == 0)
+    def _():
+        h_ref[...] = jnp.zeros_like(h_ref)
+
+    _prepare_tile(static, seq_tile_index, channel_tile_index, u_ref, delta_ref, bias_ref, B_ref,
+                  C_ref, step_ref, drive_ref, B_lanes_ref, C_lanes_ref)
+    A = A_ref[...]
+
+    def scan_step(t, h):
+        rows = _state_rows(t, state)
+        h = jnp.exp(step_ref[pl.ds(t, 1), :] * A) * h + drive_ref[pl.ds(t, 1), :] * B_lanes_ref[rows, :]
+        readout_ref[pl.ds(t, 1), :] = jnp.sum(h * C_lanes_ref[rows, :], axis=0, keepdims=True)
+        return h
+
+    seq_tile = static.tiling.seq_tile
+    h = lax.fori_loop(0, seq_tile, scan_step, h_ref[...], unroll=_unroll(static))
+    h_ref[...] = h
+
+    y = readout_ref[...] + D_ref[...] * u_ref[...].astype(F32)
+    if static.has_z:
+        y = y * jax.nn.silu(z_ref[...].astype(F32))
+    y_ref[...] = y.astype(y_ref.dtype)  # whole tile at once (axlearn saw bf16 row stores fail)
+
+    if save_tile_states:
+        state_out_ref[...] = h
+    elif static.return_last_state:
+        @pl.when(seq_tile_index == static.tiling.num_seq_tiles - 1)
+        def _():
+            state_out_ref[...] = h
+
+
+def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
+    refs = list(refs)
+    take = lambda present=True: refs.pop(0) if present else None
+    u_ref, delta_ref, z_ref, gy_ref = take(), take(), take(static.has_z), take()
+    B_ref, C_ref, A_ref, D_ref, bias_ref, start_ref = (take() for _ in range(6))
+    g_last_ref = take(has_last_state_cotangent)
+    gu_ref, gdelta_ref, gz_ref = take(), take(), take(static.has_z)
+    gB_ref, gC_ref, gA_ref, gD_ref, gbias_ref = (take() for _ in range(5))
+    (g_h_ref, states_ref, step_ref, drive_ref, B_lanes_ref, C_lanes_ref, readout_ref,
+     g_readout_ref, g_step_decay_ref, g_drive_B_ref) = refs
+
+    tiling, state = static.tiling, static.state
+    seq_tile = tiling.seq_tile
+    channel_tile_index = pl.program_id(1)
+    reversed_index = pl.program_id(2)
+    seq_tile_index = tiling.num_seq_tiles - 1 - reversed_index
+
+    @pl.when(reversed_index == 0)  # the last sequence tile: start the reverse recurrence
+    def _():
+        g_h_ref[...] = g_last_ref[...] if has_last_state_cotangent else jnp.zeros_like(g_h_ref)
+        gA_ref[...] = jnp.zeros_like(gA_ref)
+        gD_ref[...] = jnp.zeros_like(gD_ref)
+        gbias_ref[...] = jnp.zeros_like(gbias_ref)
+
+    valid = _prepare_tile(static, seq_tile_index, channel_tile_index, u_ref, delta_ref, bias_ref,
+                          B_ref, C_ref, step_ref, drive_ref, B_lanes_ref, C_lanes_ref)
+    A = A_ref[...]
+    h_start = jnp.where(seq_tile_index > 0, start_ref[...], 0.0)
+
+    # 1. Recompute this tile's states (and the readout, needed for the gate's gradient).
+    def recompute_step(t, h):
+        rows = _state_rows(t, state)
+        h = jnp.exp(step_ref[pl.ds(t, 1), :] * A) * h + drive_ref[pl.ds(t, 1), :] * B_lanes_ref[rows, :]
+        states_ref[rows, :] = h
+        if static.has_z:
+            readout_ref[pl.ds(t, 1), :] = jnp.sum(h * C_lanes_ref[rows, :], axis=0, keepdims=True)
+        return h
+
+    lax.fori_loop(0, seq_tile, recompute_step, h_start, unroll=_unroll(static))
+
+    # 2. Output side: y = (readout + D u) * silu(z).
+    u = u_ref[...].astype(F32)
+    gy = gy_ref[...].astype(F32)
+    if static.has_z:
+        z = z_ref[...].astype(F32)
+        sigmoid_z = jax.nn.sigmoid(z)
+        y_before_gate = readout_ref[...] + D_ref[...] * u
+        gz = gy * y_before_gate * sigmoid_z * (1.0 + z * (1.0 - sigmoid_z))
+        gz_ref[...] = jnp.where(valid, gz, 0.0).astype(gz_ref.dtype)
+        gy = gy * (z * sigmoid_z)
+    g_readout = jnp.where(valid, gy, 0.0)
+    g_readout_ref[...] = g_readout
+    gD_ref[...] += jnp.sum(jnp.where(valid, g_readout * u, 0.0), axis=0, keepdims=True)
+
+    # 3. Reverse recurrence. After step t, rows t of the expanded B and of the states are dead, so
+    #    they are overwritten with the per-step terms of dB (g_h * step * u) and dC (h * g_readout).
+    def reverse_step(i, carry):
+        g_h, gA = carry
+        t = seq_tile - 1 - i
+        rows, row = _state_rows(t, state), pl.ds(t, 1)
+        step = step_ref[row, :]
+        g_h = g_h + g_readout_ref[row, :] * C_lanes_ref[rows, :]
+        decay = jnp.exp(step * A)
+        previous = jnp.where(t > 0, states_ref[_state_rows(jnp.maximum(t - 1, 0), state), :], h_start)
+        g_decay = g_h * previous * decay  # d loss / d(step A), per state
+        gA = gA + g_decay * step
+        g_step_decay_ref[row, :] = jnp.sum(g_decay * A, axis=0, keepdims=True)
+        g_drive_B_ref[row, :] = jnp.sum(g_h * B_lanes_ref[rows, :], axis=0, keepdims=True)
+        B_lanes_ref[rows, :] = g_h * drive_ref[row, :]
+        states_ref[rows, :] = states_ref[rows, :] * g_readout_ref[row, :]
+        return g_h * decay, gA
+
+    g_h, gA = lax.fori_loop(0, seq_tile, reverse_step, (g_h_ref[...], jnp.zeros_like(A)),
+                            unroll=_unroll(static))
+    g_h_ref[...] = g_h
+    gA_ref[...] += gA
+
+    # 4. Per-step gradients of u and delta, and the per-tile partial sums.
+    step, g_drive_B = step_ref[...], g_drive_B_ref[...]
+    gu_ref[...] = (g_readout * D_ref[...] + step * g_drive_B).astype(gu_ref.dtype)
+    g_step = g_step_decay_ref[...] + u * g_drive_B
+    if static.delta_softplus:
+        g_step = g_step * jax.nn.sigmoid(delta_ref[...].astype(F32) + bias_ref[...])
+    g_step = jnp.where(valid, g_step, 0.0)
+    gdelta_ref[...] = g_step.astype(gdelta_ref.dtype)
+    gbias_ref[...] += jnp.sum(g_step, axis=0, keepdims=True)
+
+    groups = _group_matrix(static, channel_tile_index)
+    for lanes_ref, out_ref in ((B_lanes_ref, gB_ref), (states_ref, gC_ref)):
+        out_ref[...] = lax.dot_general(groups, lanes_ref[...], (((1,), (1,)), ((), ())),
+                                       precision=HIGHEST, preferred_element_type=F32)
+
+
+# ------------------------------------------------------------------------------------------------
+# pallas_call wrappers
+
+
+def _specs(static: Static, reverse: bool):
+    """BlockSpecs by argument kind, for grid (batch, channel tiles, sequence tiles)."""
+    tiling, state, groups = static.tiling, static.state, static.groups
+    last = tiling.num_seq_tiles - 1
+    seq = (lambda s: last - s) if reverse else (lambda s: s)
+    return dict(
+        sequence=pl.BlockSpec((None, tiling.seq_tile, tiling.channel_tile),
+                              lambda b, c, s: (b, seq(s), c)),
+        flat_bc=pl.BlockSpec((None, groups, tiling.seq_tile * state),
+                             lambda b, c, s: (b, 0, seq(s))),
+        per_channel=pl.BlockSpec((state, tiling.channel_tile), lambda b, c, s: (0, c)),
+        row=pl.BlockSpec((1, tiling.channel_tile), lambda b, c, s: (0, c)),
+        tile_state=pl.BlockSpec((None, None, state, tiling.channel_tile),
+                                lambda b, c, s: (b, seq(s), 0, c)),
+        previous_tile_state=pl.BlockSpec((None, None, state, tiling.channel_tile),
+                                         lambda b, c, s: (b, jnp.maximum(seq(s) - 1, 0), 0, c)),
+        batch_state=pl.BlockSpec((None, state, tiling.channel_tile), lambda b, c, s: (b, 0, c)),
+        batch_row=pl.BlockSpec((None, 1, tiling.channel_tile), lambda b, c, s: (b, 0, c)),
+        partial_bc=pl.BlockSpec((None, None, groups, tiling.seq_tile * state),
+                                lambda b, c, s: (b, c, 0, seq(s))),
+    )
+
+
+def _grid(static: Static):
+    t = static.tiling
+    return (static.batch, t.num_channel_tiles, t.num_seq_tiles)
+
+
+def _compiler_params():
+    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
+
+
+def _flatten_bc(x, static: Static):
+    """(batch, length, [groups,] state) -> (batch, groups, length * state), dtype kept."""
+    x = x.reshape(static.batch, static.length, static.groups, static.state)
+    return jnp.swapaxes(x, 1, 2).reshape(static.batch, static.groups, static.length * static.state)
+
+
+def _kernel_operands(static: Static, A, B, C, D, delta_bias):
+    A_lanes = jnp.swapaxes(A.astype(F32), 0, 1)  # (state, channels)
+    rows = lambda v: v.astype(F32).reshape(1, static.channels)
+    return _flatten_bc(B, static), _flatten_bc(C, static), A_lanes, rows(D), rows(delta_bias)
+
+
+def _forward(static: Static, save_tile_states: bool, u, delta, z, A, B, C, D, delta_bias):
+    """(y, tile end states (batch, tiles, state, channels) or the last state or None)."""
+    spec = _specs(static, reverse=False)
+    t = static.tiling
+    inputs = [u, delta] + ([z] if static.has_z else []) + list(
+        _kernel_operands(static, A, B, C, D, delta_bias))
+    in_specs = ([spec["sequence"]] * (3 if static.has_z else 2)
+                + [spec["flat_bc"]] * 2 + [spec["per_channel"], spec["row"], spec["row"]])
+    out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype)]
+    out_specs = [spec["sequence"]]
+    if save_tile_states:
+        out_shape.append(jax.ShapeDtypeStruct(
+            (static.batch, t.num_seq_tiles, static.state, static.channels), F32))
+        out_specs.append(spec["tile_state"])
+    elif static.return_last_state:
+        out_shape.append(jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32))
+        out_specs.append(spec["batch_state"])
+    tile = (t.seq_tile, t.channel_tile)
+    lanes = (t.seq_tile * static.state, t.channel_tile)
+    outputs = pl.pallas_call(
+        functools.partial(_forward_kernel, static, save_tile_states),
+        grid=_grid(static),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        scratch_shapes=[pltpu.VMEM((static.state, t.channel_tile), F32),
+                        pltpu.VMEM(tile, F32), pltpu.VMEM(tile, F32),
+                        pltpu.VMEM(lanes, F32), pltpu.VMEM(lanes, F32), pltpu.VMEM(tile, F32)],
+        compiler_params=_compiler_params(),
+        interpret=static.interpret,
+        name="selective_scan_forward",
+    )(*inputs)
+    return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+
+
+def _backward(static: Static, residuals, gy, g_last_state):
+    u, delta, z, A, B, C, D, delta_bias, tile_states = residuals
+    spec = _specs(static, reverse=True)
+    t = static.tiling
+    has_g_last = g_last_state is not None
+    sequence_inputs = [u, delta] + ([z] if static.has_z else []) + [gy]
+    inputs = sequence_inputs + list(_kernel_operands(static, A, B, C, D, delta_bias)) + [tile_states]
+    in_specs = ([spec["sequence"]] * len(sequence_inputs) + [spec["flat_bc"]] * 2
+                + [spec["per_channel"], spec["row"], spec["row"], spec["previous_tile_state"]])
+    if has_g_last:
+        inputs.append(jnp.swapaxes(g_last_state.astype(F32), 1, 2))
+        in_specs.append(spec["batch_state"])
+    sequence_grads = [u, delta] + ([z] if static.has_z else [])
+    partial_bc = (static.batch, t.num_channel_tiles, static.groups, static.length * static.state)
+    out_shape = ([jax.ShapeDtypeStruct(x.shape, x.dtype) for x in sequence_grads]
+                 + [jax.ShapeDtypeStruct(partial_bc, F32)] * 2
+                 + [jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32)]
+                 + [jax.ShapeDtypeStruct((static.batch, 1, static.channels), F32)] * 2)
+    out_specs = ([spec["sequence"]] * len(sequence_grads) + [spec["partial_bc"]] * 2
+                 + [spec["batch_state"], spec["batch_row"], spec["batch_row"]])
+    tile = (t.seq_tile, t.channel_tile)
+    lanes = (t.seq_tile * static.state, t.channel_tile)
+    grads = pl.pallas_call(
+        functools.partial(_backward_kernel, static, has_g_last),
+        grid=_grid(static),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        scratch_shapes=[pltpu.VMEM((static.state, t.channel_tile), F32),
+                        pltpu.VMEM(lanes, F32),
+                        pltpu.VMEM(tile, F32), pltpu.VMEM(tile, F32),
+                        pltpu.VMEM(lanes, F32), pltpu.VMEM(lanes, F32),
+                        pltpu.VMEM(tile, F32), pltpu.VMEM(tile, F32),
+                        pltpu.VMEM(tile, F32), pltpu.VMEM(tile, F32)],
+        compiler_params=_compiler_params(),
+        interpret=static.interpret,
+        name="selective_scan_backward",
+    )(*inputs)
+    grads = list(grads)
+    gu, gdelta = grads.pop(0), grads.pop(0)
+    gz = grads.pop(0) if static.has_z else None
+    gB_partial, gC_partial, gA_partial, gD_partial, gbias_partial = grads
+
+    def bc_grad(partial, like):
+        g = partial.sum(axis=1).reshape(static.batch, static.groups, static.length, static.state)
+        return jnp.swapaxes(g, 1, 2).reshape(like.shape).astype(like.dtype)
+
+    gA = jnp.swapaxes(gA_partial.sum(axis=0), 0, 1).astype(A.dtype)
+    gD = gD_partial.sum(axis=(0, 1)).astype(D.dtype)
+    gbias = gbias_partial.sum(axis=(0, 1)).astype(delta_bias.dtype)
+    return gu, gdelta, gz, gA, bc_grad(gB_partial, B), bc_grad(gC_partial, C), gD, gbias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _scan(static: Static, u, delta, z, A, B, C, D, delta_bias):
+    y, last_state = _forward(static, False, u, delta, z, A, B, C, D, delta_bias)
+    return y, (None if last_state is None else jnp.swapaxes(last_state, 1, 2))
+
+
+def _scan_forward(static: Static, u, delta, z, A, B, C, D, delta_bias):
+    y, tile_states = _forward(static, True, u, delta, z, A, B, C, D, delta_bias)
+    last_state = jnp.swapaxes(tile_states[:, -1], 1, 2) if static.return_last_state else None
+    return (y, last_state), (u, delta, z, A, B, C, D, delta_bias, tile_states)
+
+
+def _scan_backward(static: Static, residuals, cotangents):
+    gy, g_last_state = cotangents
+    return _backward(static, residuals, gy, g_last_state if static.return_last_state else None)
+
+
+_scan.defvjp(_scan_forward, _scan_backward)
+
+
+def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret) -> Static | None:
+    """The kernels' static configuration for these arguments, or None if they cannot take them."""
+    batch, length, channels = u.shape
+    state = A.shape[1]
+    groups = B.shape[2] if B.ndim == 4 else 1
+    tiling = plan_tiling(length, channels, state, groups)
+    if tiling is None:
+        return None
+    return Static(batch, length, channels, state, groups, tiling, bool(delta_softplus),
+                  z is not None, bool(return_last_state), interpret)
+
+
+def scan(static: Static, u, delta, A, B, C, D, z, delta_bias):
+    """y (u.dtype) and the last state (batch, channels, state) fp32 or None; differentiable.
+
+    D and delta_bias must be arrays (zeros when absent); shapes as in selective_scan.
+    """
+    return _scan(static, u, delta, z, A, B, C, D, delta_bias)
