@@ -8,14 +8,15 @@
     reduction.schedules.trace(spec.schedule, (2, 2, 15, 2), (56, 56))        # grids per block
 """
 
-from sarf_jax.reduction import baselines, plans, sarf, schedules
+from sarf_jax.reduction import baselines, placement, plans, sarf, schedules
 from sarf_jax.reduction.baselines import quartermap_downsample, quartermap_upsample
+from sarf_jax.reduction.describe import describe
 from sarf_jax.reduction.methods import METHODS, METRIC_SOURCE, TOME_PRUNE_BY_FAMILY, check_target
 from sarf_jax.reduction.plans import GatherPlan, MergePlan, Plan, ScatterPlan
 from sarf_jax.reduction.spec import MERGES, Reducer, Spec, reduce_grid
 
 __all__ = [
     "METHODS", "MERGES", "METRIC_SOURCE", "TOME_PRUNE_BY_FAMILY", "GatherPlan", "MergePlan", "Plan",
-    "Reducer", "ScatterPlan", "Spec", "baselines", "check_target", "plans", "quartermap_downsample",
+    "Reducer", "ScatterPlan", "Spec", "baselines", "check_target", "describe", "placement", "plans", "quartermap_downsample",
     "quartermap_upsample", "reduce_grid", "sarf", "schedules",
 ]
