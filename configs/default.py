@@ -3,12 +3,15 @@ r"""ViT-mini (4x4 patches) on Fashion-MNIST: what `make train` trains, minutes o
 Command:
   python train.py --config configs/default.py --workdir /tmp/sarf_fmnist
 
-Expected: ACCURACY_PLACEHOLDER
+Expected: 72% top-1 on the Fashion-MNIST test set (0.7205; EMA weights 0.721) after 900 steps
+(~1 epoch) in 9.8 minutes including start-up and evaluation, measured 2026-11-26 on the project's
+2-core x86-64 VM while other jobs shared its cores (1.5-1.9 steps/s).
 
 Switch backbone with one word: `--config.model.name=vim_mini` (or `vmamba_mini`, `plainmamba_mini`
 once registered); `config.model.overrides` (patch_size=4: a 7x7 token grid) applies to each of them.
 The Mamba models cost several times more per step than the ViT on a CPU (their selective scans
-run sequentially there), which is why the CPU default is the ViT baseline. Any key can be overridden on the command line, e.g. `--config.total_steps=100`.
+run sequentially there), which is why the CPU default is the ViT baseline.
+Any key can be overridden on the command line, e.g. `--config.total_steps=100`.
 Data: Debian's `dataset-fashion-mnist` IDX files (apt-get install dataset-fashion-mnist), or
 `--config.data.dir=DIR` with the four IDX files.
 """

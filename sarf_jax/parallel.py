@@ -15,6 +15,7 @@ Layers know nothing of this: it is all read off parameter paths.
 
 from __future__ import annotations
 
+import os
 import re
 
 import jax
@@ -75,6 +76,7 @@ PARAM_AXES = [
     # Embeddings, classifier heads.
     (r"(cls_token|pos_embed)$", (None, "length", "embed")),
     (r"patch_embed/.*kernel$", ("conv", "conv", "in", "embed")),
+    (r"patch_embed/.*bias$", ("embed",)),
     (r"(head|fc|classifier/head)/kernel$", ("embed", "classes")),
     (r"(head|fc|classifier/head)/bias$", ("classes",)),
     # Norms and layer scales on the model width.
@@ -196,12 +198,5 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         if num_processes < 1 or not 0 <= process_id < num_processes:
             raise ValueError(f"--process_id must be in [0, {num_processes}), got {process_id}")
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    elif _on_tpu_pod():
-        jax.distributed.initialize()
-
-
-def _on_tpu_pod() -> bool:
-    """True on a multi-host Cloud TPU slice (where jax.distributed auto-detects its peers)."""
-    import os
-
-    return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
+    elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize()  # multi-host Cloud TPU slice (or coordinator given by environment)

@@ -2,9 +2,10 @@
 
 Determinism: the order is a function of (seed, epoch) (grain's shuffle reshuffles every epoch)
 and each example's augmentation draws from a generator seeded by (seed, its global position), so
-batch k is the same whatever the number of hosts, threads or restarts. Per-host sharding takes
-every `process_count`-th example of the global stream starting at `process_index`, after
-augmentation; the hosts' local batches together are exactly the single-host global batch.
+batch k is the same whatever the number of hosts, threads or restarts. Per-host sharding gives
+host p the p-th contiguous slice of every global batch (after augmentation), so the hosts' local
+batches laid side by side along the mesh's batch axis are exactly the single-host global batch,
+in the same order (which mixup's batch pairing depends on).
 The iterator's state (grain `get_state`) is one integer and goes into every checkpoint.
 
 Batches hold uint8 images (normalised on the device, which keeps host->device traffic 4x smaller)
@@ -21,6 +22,25 @@ import numpy as np
 from sarf_jax.data import augment
 
 TRAIN_CROPS = ("pad_crop", "random_resized_crop", "resize")
+
+
+class HostSlice(grain.MapDataset):
+    """Host `index` of `count`: element k is global position (k // local) * global + index * local + k % local."""
+
+    def __init__(self, parent: grain.MapDataset, global_batch_size: int, index: int, count: int):
+        super().__init__(parent)
+        self.local = global_batch_size // count
+        self.global_batch_size, self.index = global_batch_size, index
+        self.length = len(parent) // global_batch_size * self.local
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return self.slice(k)
+        batch, offset = divmod(k, self.local)
+        return self._parent[batch * self.global_batch_size + self.index * self.local + offset]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,8 +122,9 @@ def train_iterator(source, data_config, *, global_batch_size: int, seed: int, pr
                .shuffle(seed=seed)
                .repeat()
                .random_map(train_transform(data_config), seed=seed))
-    dataset = dataset[process_index::process_count].batch(global_batch_size // process_count, drop_remainder=True)
-    return iter(dataset.to_iter_dataset(_read_options(data_config)))
+    dataset = HostSlice(dataset, global_batch_size, process_index, process_count)
+    return iter(dataset.batch(global_batch_size // process_count, drop_remainder=True)
+                .to_iter_dataset(_read_options(data_config)))
 
 
 def eval_iterator(source, data_config, *, global_batch_size: int, process_index: int = 0,
@@ -112,5 +133,6 @@ def eval_iterator(source, data_config, *, global_batch_size: int, process_index:
     num_batches = -(-len(source) // global_batch_size)
     transform = EvalTransform(source, data_config.image_size, data_config.eval_crop_pct, channels)
     dataset = grain.MapDataset.range(num_batches * global_batch_size).map(transform)
-    dataset = dataset[process_index::process_count].batch(global_batch_size // process_count)
+    dataset = HostSlice(dataset, global_batch_size, process_index, process_count)
+    dataset = dataset.batch(global_batch_size // process_count)
     return iter(dataset.to_iter_dataset(_read_options(data_config)))

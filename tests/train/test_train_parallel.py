@@ -5,6 +5,7 @@ Multi-device runs happen in subprocesses (JAX_NUM_CPU_DEVICES), since this proce
 """
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def test_every_parameter_has_an_explicit_rule(name):
     model = nnx.eval_shape(lambda: models.create(name, num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0)))
     for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]:
         text = parallel.path_string(path)
-        assert any(__import__("re").search(p, text) and len(a) == leaf.ndim for p, a in parallel.PARAM_AXES), text
+        assert any(re.search(p, text) and len(a) == leaf.ndim for p, a in parallel.PARAM_AXES), text
 
 
 def test_partition_spec_maps_logical_axes_and_replicates_what_does_not_divide():
@@ -134,3 +135,16 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path, compilation
     np.testing.assert_allclose(two, one, rtol=1e-4)
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints" / "3" / "data").iterdir()
                   if p.suffix == ".json") == ["process_0-of-2.json", "process_1-of-2.json"]
+
+
+@pytest.mark.parametrize("name, devices", [("mesh/tpu_v5e_256", 256), ("mesh/gpu_8", 8), ("imagenet_vim_tiny", 8)])
+def test_hardware_configs_are_valid_for_their_machines(name, devices):
+    import importlib
+
+    from sarf_jax.train import config as config_lib
+
+    config = importlib.import_module("configs." + name.replace("/", ".")).get_config()
+    config_lib.validate(config)
+    shape = parallel.mesh_shape(config.mesh, devices)
+    config_lib.validate_parallelism(config, data_parallel=shape[0] * shape[1], process_count=devices // 4 or 1)
+    assert config.model.name in models.list_models()
