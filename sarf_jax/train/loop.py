@@ -18,7 +18,6 @@ import json
 
 import jax
 import numpy as np
-from absl import logging
 from etils import epath
 
 from sarf_jax import data as data_lib

@@ -14,7 +14,8 @@ from sarf_jax.models import pretrained
 from sarf_jax.train import checkpoint as checkpoint_lib
 from sarf_jax.train import loop, optimizer
 from sarf_jax.train.state import ModelSpec, init_train_state, load_initial_params
-from train_helpers import tiny_config
+from train_helpers import (  # noqa: F401 - fixtures
+    compilation_cache, quick_compiles, tiny_config)
 
 
 def params_of(workdir, step=None, weights="params"):

@@ -18,7 +18,8 @@ from jax.sharding import PartitionSpec as P
 
 from sarf_jax import models, parallel
 from sarf_jax.train import loop
-from train_helpers import ROOT, read_metrics, run, subprocess_env, tiny_config, train_command
+from train_helpers import (  # noqa: F401 - fixtures
+    ROOT, compilation_cache, quick_compiles, read_metrics, run, subprocess_env, tiny_config, train_command)
 
 SHARDED_RUN = """
 import json, sys

@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 from sarf_jax.models import pretrained
-from train_helpers import ROOT, run, subprocess_env, train_command
+from train_helpers import (  # noqa: F401 - fixtures
+    ROOT, compilation_cache, quick_compiles, run, subprocess_env, train_command)
 
 RUN = ["--config.total_steps=120", "--config.checkpoint_every=20", "--config.keep_checkpoints=2",
        "--config.log_every=20"]

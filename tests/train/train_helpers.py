@@ -1,4 +1,6 @@
-"""Helpers of the training tests: the tiny config, and running train.py in subprocesses."""
+"""Helpers of the training tests: the tiny config, quick XLA compiles, and running train.py in
+subprocesses. Test modules import the fixtures from here (a tests/train/conftest.py would shadow
+tests/conftest.py, which other test folders import as `conftest`)."""
 
 import importlib.util
 import json
@@ -6,6 +8,9 @@ import os
 import pathlib
 import subprocess
 import sys
+
+import jax
+import pytest
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -41,3 +46,20 @@ def read_metrics(workdir, split: str = "train") -> list[dict]:
 
 def run(command, env, timeout=300) -> subprocess.CompletedProcess:
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def quick_compiles():
+    """Tiny models compile 2-3x faster with most XLA optimisations off; every run in these tests,
+    in-process or in a subprocess (JAX_DISABLE_MOST_OPTIMIZATIONS=1), uses the same setting, so
+    their results stay comparable bit for bit."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.fixture(scope="session")
+def compilation_cache(tmp_path_factory):
+    """A persistent XLA cache shared by the subprocesses of one test session."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
