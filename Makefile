@@ -1,11 +1,15 @@
 # make test: set up .venv (Python >= 3.12, found by tools/find_python.sh) and run the test suite.
+# make train: get Fashion-MNIST (Debian's dataset-fashion-mnist) if missing, train configs/default.py
+#             in $(WORKDIR) and evaluate it on the test set (a second run resumes / re-evaluates).
 # make bench: run the benchmarks in benchmarks/ (JSON lines on stdout).
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+WORKDIR ?= runs/default
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: test bench venv clean
+.PHONY: test train bench venv clean
 
 venv: $(STAMP)
 
@@ -19,6 +23,10 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+train: $(STAMP)
+	@FMNIST_DIR=$(FMNIST_DIR) sh tools/get_fashion_mnist.sh
+	$(PY) train.py --config configs/default.py --workdir $(WORKDIR) --config.data.dir=$(FMNIST_DIR)
 
 bench: $(STAMP)
 	$(PY) benchmarks/scan.py

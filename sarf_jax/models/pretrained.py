@@ -6,6 +6,9 @@ initialisation), so a model can be rebuilt from the directory alone:
     DIR/model.json   {"name", "num_classes", "img_size", "in_chans", "overrides", "source": {...}}
     DIR/state/       orbax StandardCheckpointer of nnx.state(model) (Params and BatchStats)
 
+A training workdir (train.py) has the same model.json beside DIR/checkpoints/<step>/state (the
+whole train state); `load_pretrained` reads its params (or EMA params) from the newest step.
+
 Writes go to a temporary sibling directory renamed into place, so a failed save leaves nothing.
 """
 
@@ -25,6 +28,7 @@ from sarf_jax.models.registry import create
 
 MODEL_FILE = "model.json"
 STATE_DIR = "state"
+TRAINING_CHECKPOINTS = "checkpoints"
 
 
 def save_pretrained(directory, model: nnx.Module, *, name: str, num_classes: int, img_size: int,
@@ -33,12 +37,11 @@ def save_pretrained(directory, model: nnx.Module, *, name: str, num_classes: int
     directory = pathlib.Path(directory).absolute()
     if directory.exists():
         raise ValueError(f"save_pretrained: {directory} already exists; choose a new directory")
-    info = {"name": name, "num_classes": num_classes, "img_size": img_size, "in_chans": in_chans,
-            "overrides": overrides or {}, "source": source or {}}
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        (staging / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        write_model_info(staging, name=name, num_classes=num_classes, img_size=img_size, in_chans=in_chans,
+                         overrides=overrides, source=source)
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(staging / STATE_DIR, nnx.state(model, (nnx.Param, nnx.BatchStat)))
             checkpointer.wait_until_finished()
@@ -48,23 +51,60 @@ def save_pretrained(directory, model: nnx.Module, *, name: str, num_classes: int
         raise
 
 
-def load_pretrained(directory, *, rngs: nnx.Rngs | None = None, **call_overrides):
-    """(model, info) from a directory written by save_pretrained.
+def write_model_info(directory, *, name: str, num_classes: int, img_size: int, in_chans: int = 3,
+                     overrides: dict | None = None, source: dict | None = None) -> None:
+    """DIR/model.json: how to rebuild the model with `create` (also written by training)."""
+    info = {"name": name, "num_classes": num_classes, "img_size": img_size, "in_chans": in_chans,
+            "overrides": overrides or {}, "source": source or {}}
+    (pathlib.Path(directory) / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
+
+def load_pretrained(directory, *, rngs: nnx.Rngs | None = None, step: int | None = None,
+                    weights: str = "params", **call_overrides):
+    """(model, info) from a directory written by save_pretrained, or from a training workdir.
+
+    For a training workdir, `step` picks the checkpoint (default: the newest) and
+    `weights="ema"` loads the EMA weights instead of the trained ones.
     `call_overrides` change constructor arguments that do not affect the weights' shapes
     (e.g. `scan_impl`, `dtype`, `drop_path_rate`).
     """
     directory = pathlib.Path(directory).absolute()
     model_file = directory / MODEL_FILE
-    if not model_file.is_file() or not (directory / STATE_DIR).is_dir():
-        raise ValueError(f"load_pretrained: {directory} has no {MODEL_FILE} and {STATE_DIR}/ "
-                         "(not a directory written by save_pretrained / sarf_jax.convert)")
+    training = (directory / TRAINING_CHECKPOINTS).is_dir()
+    if not model_file.is_file() or not ((directory / STATE_DIR).is_dir() or training):
+        raise ValueError(f"load_pretrained: {directory} has no {MODEL_FILE} and {STATE_DIR}/ or "
+                         f"{TRAINING_CHECKPOINTS}/ (not written by save_pretrained, sarf_jax.convert or train.py)")
+    if weights not in ("params", "ema"):
+        raise ValueError(f"load_pretrained: weights must be 'params' or 'ema', got {weights!r}")
     info = json.loads(model_file.read_text())
     model = create(info["name"], num_classes=info["num_classes"], img_size=info["img_size"],
                    in_chans=info["in_chans"], rngs=rngs or nnx.Rngs(0),
                    **{**info["overrides"], **call_overrides})
+    if not (directory / STATE_DIR).is_dir():
+        return _load_training_checkpoint(directory, model, step, weights), info
     graphdef, stored, rest = nnx.split(model, (nnx.Param, nnx.BatchStat), ...)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stored)
     with ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(directory / STATE_DIR, target)
     return nnx.merge(graphdef, restored, rest), info
+
+
+def _load_training_checkpoint(directory: pathlib.Path, model: nnx.Module, step: int | None, weights: str):
+    """`model` with the params / EMA params (and model state) of a train.py checkpoint."""
+    graphdef, params, rng_state, model_state = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    with ocp.CheckpointManager(directory / TRAINING_CHECKPOINTS, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+                               options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise ValueError(f"load_pretrained: no checkpoint {'' if step is None else step} in "
+                             f"{directory / TRAINING_CHECKPOINTS} (steps: {manager.all_steps()})")
+        has_ema = "ema" in manager.item_metadata(step).state.tree
+        if weights == "ema" and not has_ema:
+            raise ValueError(f"load_pretrained: {directory} was trained without EMA (config.ema_decay = 0)")
+        target = {weights: abstract(params)}
+        if jax.tree.leaves(model_state):
+            target["model_state"] = abstract(model_state)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(target, partial_restore=True))).state
+    return nnx.merge(graphdef, restored[weights], rng_state, restored.get("model_state", model_state))

@@ -1,0 +1,128 @@
+"""The jitted train and eval steps (pure functions of the train state and a global batch).
+
+Train step: normalise uint8 images on the device -> smoothed one-hot targets -> mixup/cutmix ->
+forward (optionally under a reduction spec) -> cross-entropy -> gradients, accumulated over
+`grad_accum_steps` micro-batches with lax.scan -> clip + AdamW -> EMA. A step whose loss or
+gradient norm is not finite leaves the state untouched (step counter included), so a bad batch
+can never reach a checkpoint; the loop sees the non-finite loss and stops.
+
+Randomness (drop-path, dropout, mixup) comes from fold_in(key(seed), step): a resumed run draws
+exactly what the uninterrupted run drew.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from sarf_jax.data import mixup_cutmix
+from sarf_jax.parallel import path_string
+from sarf_jax.train.state import split_model
+
+
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+    """uint8 (or float in [0, 255]) NHWC -> float32 (x / 255 - mean) / std per channel."""
+    return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def _reseed_policy(path, key, shape):
+    """Each RNG stream gets its own key: the step key folded with a hash of the stream's path."""
+    return jax.random.fold_in(key, zlib.crc32(path_string(path).encode()) & 0x7FFFFFFF)
+
+
+def apply_model(setup, params, model_state, images, *, train: bool, key=None, reduction=None):
+    """(logits float32, new model_state)."""
+    rng_state = jax.tree.map(lambda x: x, setup.rng_state)  # fresh Variables owned by this trace
+    model = nnx.merge(setup.graphdef, params, rng_state, model_state)
+    if key is not None:
+        nnx.reseed(model, dropout=key, policy=_reseed_policy)
+    logits = model(images, reduction=reduction, train=train)
+    return logits.astype(jnp.float32), split_model(model)[3]
+
+
+def make_train_step(setup, config, tx: optax.GradientTransformation, schedule, *, num_classes: int,
+                    mean, std, batch_sharding):
+    """jitted (state, batch) -> (state, metrics); the state is donated."""
+    accum = config.grad_accum_steps
+    base_key = jax.random.key(config.seed)
+    data = config.data
+
+    def loss_fn(params, model_state, images, targets, key):
+        logits, model_state = apply_model(setup, params, model_state, images, train=True, key=key,
+                                          reduction=config.reduction)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        return loss, (logits, model_state)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state, batch):
+        step_key = jax.random.fold_in(base_key, state["step"])
+        images = normalize(batch["image"], mean, std)
+        labels = batch["label"]
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), config.label_smoothing)
+        images, targets = mixup_cutmix(jax.random.fold_in(step_key, 0), images, targets,
+                                       mixup_alpha=data.mixup_alpha, cutmix_alpha=data.cutmix_alpha,
+                                       switch_prob=data.mix_switch_prob)
+        params = state["params"]
+        if accum == 1:
+            (loss, (logits, model_state)), grads = grad_fn(params, state["model_state"], images, targets,
+                                                           jax.random.fold_in(step_key, 1))
+            correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+        else:
+            # micro-batch i = rows i, i + accum, ...: each device keeps its own rows (no resharding)
+            def micro(x):
+                return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
+
+            def body(carry, inputs):
+                grads_sum, loss_sum, correct_sum, model_state = carry
+                index, images, targets, labels = inputs
+                (loss, (logits, model_state)), grads = grad_fn(
+                    params, model_state, images, targets, jax.random.fold_in(step_key, 1 + index))
+                grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+                correct_sum = correct_sum + jnp.sum(jnp.argmax(logits, -1) == labels)
+                return (grads_sum, loss_sum + loss, correct_sum, model_state), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            carry = (zeros, jnp.float32(0), jnp.int32(0), state["model_state"])
+            inputs = (jnp.arange(accum), micro(images), micro(targets), micro(labels))
+            (grads, loss, correct, model_state), _ = jax.lax.scan(body, carry, inputs)
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            loss = loss / accum
+
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        new_state = {"step": state["step"] + 1, "params": new_params, "model_state": model_state,
+                     "opt_state": opt_state}
+        if "ema" in state:
+            decay = config.ema_decay
+            new_state["ema"] = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state["ema"], new_params)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        metrics = {"loss": loss, "accuracy": correct / labels.shape[0], "grad_norm": grad_norm,
+                   "lr": schedule(state["step"])}
+        return new_state, metrics
+
+    return jax.jit(train_step, in_shardings=(setup.state_shardings, batch_sharding),
+                   out_shardings=(setup.state_shardings, None), donate_argnums=0)
+
+
+def make_eval_step(setup, config, *, mean, std, batch_sharding):
+    """jitted (params, model_state, batch) -> summed {correct, correct_top5, loss, count}."""
+
+    def eval_step(params, model_state, batch):
+        logits, _ = apply_model(setup, params, model_state, normalize(batch["image"], mean, std),
+                                train=False, reduction=config.reduction)
+        labels, mask = batch["label"], batch["mask"]
+        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return {"correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+                "correct_top5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
+                "loss": jnp.sum(loss * mask), "count": jnp.sum(mask)}
+
+    shardings = setup.state_shardings
+    return jax.jit(eval_step, in_shardings=(shardings["params"], shardings["model_state"], batch_sharding))
