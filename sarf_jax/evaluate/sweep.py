@@ -58,24 +58,30 @@ def spec_label(spec) -> str:
     return ":".join([spec.method] + ([name] if schedule is not None else []) + extras)
 
 
-def accuracy(model, batches: Iterable[tuple[np.ndarray, np.ndarray]], spec, *,
+def accuracy(model, batches: Iterable[dict], spec, *, preprocess=None,
              progress: Callable[[int], None] | None = None) -> dict:
-    """Top-1 / top-5 over (images NHWC, labels) batches, one compiled function per spec."""
+    """Top-1 / top-5 over batches {"image": NHWC, "label", optional "mask" (0 = padding)}.
+
+    `preprocess(images) -> model inputs` (e.g. train.step.normalize with the training statistics)
+    runs inside the compiled function; one compiled function per spec.
+    """
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def correct(state, images, labels):
-        logits = nnx.merge(graphdef, state)(images, reduction=spec)
+    def correct(state, images, labels, mask):
+        inputs = images.astype(jnp.float32) if preprocess is None else preprocess(images)
+        logits = nnx.merge(graphdef, state)(inputs, reduction=spec)
         top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
         hits = top5 == labels[:, None]
-        return hits[:, 0].sum(), hits.any(axis=1).sum()
+        return (hits[:, 0] * mask).sum(), (hits.any(axis=1) * mask).sum(), mask.sum()
 
     top1 = top5 = seen = 0
-    for images, labels in batches:
-        c1, c5 = correct(state, jnp.asarray(images), jnp.asarray(labels))
-        top1, top5, seen = top1 + int(c1), top5 + int(c5), seen + len(labels)
+    for batch in batches:
+        mask = batch.get("mask", np.ones(len(batch["label"]), np.float32))
+        c1, c5, count = correct(state, jnp.asarray(batch["image"]), jnp.asarray(batch["label"]), jnp.asarray(mask))
+        top1, top5, seen = top1 + float(c1), top5 + float(c5), seen + int(count)
         if progress:
-            progress(len(labels))
+            progress(int(count))
     if seen == 0:
         raise ValueError("accuracy: the evaluation split produced no examples")
     return {"top1": top1 / seen, "top5": top5 / seen, "examples": seen}
@@ -129,7 +135,7 @@ class SweepResults:
 
 
 def run_sweep(models_by_weights: dict, specs, batches_fn, *, workdir, img_size: int, in_chans: int,
-              batch_size: int, log=print) -> SweepResults:
+              batch_size: int, preprocess=None, log=print) -> SweepResults:
     """Evaluate every (weights, spec); skip entries already in workdir/results.json.
 
     models_by_weights: {"raw": model, "ema": model}; batches_fn() -> a fresh iterable of batches.
@@ -149,7 +155,7 @@ def run_sweep(models_by_weights: dict, specs, batches_fn, *, workdir, img_size: 
         model = models_by_weights[weights]
         label = spec_label(spec)
         start = time.perf_counter()
-        scores = accuracy(model, batches_fn(), spec)
+        scores = accuracy(model, batches_fn(), spec, preprocess=preprocess)
         entry = {
             "weights": weights, "reduction": label, "method": "none" if spec is None else spec.method,
             **scores, "gflops": model_gflops(model, img_size, in_chans=in_chans, reduction=spec),

@@ -25,7 +25,8 @@ def test_parse_reduction_reads_method_schedule_and_options():
 def test_sweep_evaluates_each_entry_once_resumes_and_reports(tmp_path, monkeypatch):
     model = models.create("vim_mini", num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0), depth=3)
     rng = np.random.default_rng(0)
-    data = [(rng.standard_normal((8, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 8)) for _ in range(2)]
+    data = [{"image": rng.standard_normal((8, 28, 28, 1)).astype(np.float32), "label": rng.integers(0, 10, 8)}
+            for _ in range(2)]
     specs = [None, sweep.parse_reduction("sarf_tome:keep=0.8,sites=1"), sweep.parse_reduction("sarf_tome:keep=0.5,sites=1")]
     kwargs = dict(workdir=tmp_path, img_size=28, in_chans=1, batch_size=8, log=lambda *a: None)
 

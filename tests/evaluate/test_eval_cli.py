@@ -1,0 +1,56 @@
+"""eval.py on a tiny trained workdir: all four outputs, consistent numbers, resumable, clear errors."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def run(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    """A tiny vim_mini trained for a few steps on synthetic data (tests/train/tiny_config.py)."""
+    workdir = tmp_path_factory.mktemp("run") / "tiny"
+    result = run("train.py", "--config=tests/train/tiny_config.py", f"--workdir={workdir}",
+                 "--config.model.overrides.depth=3", "--config.data.mixup_alpha=0", "--config.data.cutmix_alpha=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return workdir
+
+
+def test_eval_writes_results_for_raw_and_ema_weights_and_resumes(trained_workdir):
+    args = ["eval.py", f"--workdir={trained_workdir}", "--reduction=sarf_tome:keep=0.7,sites=1",
+            "--reduction=evit:keep=0.7,sites=1", "--batch_size=8"]
+    first = run(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    for name in ("results.json", "results.csv", "results.md", "accuracy_vs_gflops.png"):
+        assert (trained_workdir / name).stat().st_size > 0
+    results = json.loads((trained_workdir / "results.json").read_text())
+    assert results["complete"]
+    entries = {(e["weights"], e["reduction"]): e for e in results["entries"]}
+    assert set(entries) == {(w, r) for w in ("raw", "ema")
+                            for r in ("none", "sarf_tome:keep=0.7,sites=1", "evit:keep=0.7,sites=1")}
+    for (weights, label), entry in entries.items():
+        assert 0.0 <= entry["top1"] <= entry["top5"] <= 1.0 and entry["examples"] == 16
+        if label != "none":
+            assert entry["gflops"] < entries[weights, "none"]["gflops"]
+            assert entry["top1_drop"] == pytest.approx(entries[weights, "none"]["top1"] - entry["top1"])
+
+    again = run(*args)
+    assert again.returncode == 0 and "6 finished entries kept, 0 to run" in again.stdout + again.stderr
+
+
+def test_eval_errors_are_clear_and_write_nothing(tmp_path, trained_workdir):
+    empty = run("eval.py", f"--workdir={tmp_path}")
+    assert empty.returncode == 1 and "has no model.json" in empty.stderr
+    bad = run("eval.py", f"--workdir={trained_workdir}", "--reduction=sarf_tome:hybrid_9p9")
+    assert bad.returncode == 1 and "schedule: unknown name 'hybrid_9p9'" in bad.stderr
+    assert list(tmp_path.iterdir()) == []
