@@ -13,11 +13,12 @@ from collections.abc import Mapping
 import numpy as np
 from flax import nnx
 
-from sarf_jax.convert import vim
+from sarf_jax.convert import vim, vmamba
 from sarf_jax.convert.state_dict import load_state_dict
 
 FAMILIES = {  # family name -> module with build() and rename()
     "vim": vim,
+    "vmamba": vmamba,
 }
 
 

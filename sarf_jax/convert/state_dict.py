@@ -7,6 +7,7 @@ key of every parameter follows from its path and the type of module that holds i
     nnx.Linear                   kernel -> weight, bias       weight (out, in) -> (in, out)
     nnx.Conv                     kernel -> weight, bias       (O, I/g, *k) -> (*k, I/g, O)
     CausalDepthwiseConv1d        kernel -> weight, bias       (C, 1, K) -> (K, 1, C)
+    DepthwiseConv2d              kernel -> weight, bias       as nnx.Conv
     nnx.LayerNorm / nnx.RMSNorm  scale -> weight, bias        -
     nnx.BatchNorm                scale -> weight, bias,       -
                                  mean -> running_mean, var -> running_var
@@ -25,13 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sarf_jax.nn.conv import CausalDepthwiseConv1d
+from sarf_jax.nn.conv import CausalDepthwiseConv1d, DepthwiseConv2d
 
 # (module type, our leaf) -> (official leaf, transpose from official to ours or None)
 _LEAVES = {
     (nnx.Linear, "kernel"): ("weight", lambda w: w.T),
     (nnx.Conv, "kernel"): ("weight", lambda w: np.moveaxis(w, (0, 1), (-1, -2))),
     (CausalDepthwiseConv1d, "kernel"): ("weight", lambda w: w.transpose(2, 1, 0)),
+    (DepthwiseConv2d, "kernel"): ("weight", lambda w: np.moveaxis(w, (0, 1), (-1, -2))),
     (nnx.LayerNorm, "scale"): ("weight", None),
     (nnx.RMSNorm, "scale"): ("weight", None),
     (nnx.BatchNorm, "scale"): ("weight", None),

@@ -8,9 +8,9 @@ Convention (fvcore, as used by the official VMamba / Vim / PlainMamba FLOP table
   LayerNorm 5 per element; that is < 1% of every model here, and the official numbers that include
   it are quoted with two digits.)
 
-Scans and causal depthwise convolutions are jit regions named `selective_scan_core` (or
-`selective_scan_pallas`) and `causal_depthwise_conv1d`; the counter charges them by rule instead
-of looking inside.
+Scans and depthwise convolutions are jit regions named `selective_scan_core` (or
+`selective_scan_pallas`), `causal_depthwise_conv1d` and `depthwise_conv2d`; the counter charges
+them by rule instead of looking inside.
 """
 
 from __future__ import annotations
@@ -42,10 +42,16 @@ def _causal_conv_flops(invars) -> int:
     return math.prod(x.aval.shape) * kernel.aval.shape[0]
 
 
+def _depthwise_conv2d_flops(invars) -> int:
+    x, kernel = invars[:2]  # x: (batch, H, W, channels); kernel: (k, k, 1, channels)
+    return math.prod(x.aval.shape) * kernel.aval.shape[0] * kernel.aval.shape[1]
+
+
 REGION_RULES = {
     "selective_scan_core": _selective_scan_flops,
     "selective_scan_pallas": _pallas_selective_scan_flops,
     "causal_depthwise_conv1d": _causal_conv_flops,
+    "depthwise_conv2d": _depthwise_conv2d_flops,
 }
 
 

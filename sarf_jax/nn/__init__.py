@@ -1,7 +1,8 @@
 """Flax NNX layers."""
 
 from sarf_jax.nn.common import DropPath, Mlp
-from sarf_jax.nn.conv import CausalDepthwiseConv1d
+from sarf_jax.nn.conv import CausalDepthwiseConv1d, DepthwiseConv2d
 from sarf_jax.nn.mamba import Mamba
+from sarf_jax.nn.ss2d import SS2D
 
-__all__ = ["CausalDepthwiseConv1d", "DropPath", "Mamba", "Mlp"]
+__all__ = ["CausalDepthwiseConv1d", "DepthwiseConv2d", "DropPath", "Mamba", "Mlp", "SS2D"]

@@ -43,3 +43,41 @@ def causal_depthwise_conv1d(x, kernel, bias):
     padded = jnp.pad(x, [(0, 0), (taps - 1, 0), (0, 0)])
     y = sum(padded[:, k:k + length] * kernel[k, 0] for k in range(taps))
     return y if bias is None else y + bias
+
+
+class DepthwiseConv2d(nnx.Module):
+    """Per-channel 'same' 2-D convolution over (batch, H, W, channels), odd kernel, stride 1.
+
+    Written as a sum of kernel_size² shifted products for the reason given at the top of this
+    file (XLA's grouped convolution on CPU: 40 ms forward vs 1.7 ms for VMamba's 3x3 at batch 64,
+    14x14, 128 channels). Parameters have nnx.Conv's layout, kernel (k, k, 1, channels), so
+    PyTorch's Conv2d(groups=channels) weight (channels, 1, k, k) converts like any Conv2d.
+    Zero padding of (k - 1) / 2 on every side, as PyTorch's padding=(k - 1) // 2.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, *, use_bias: bool = True, dtype=None,
+                 rngs: nnx.Rngs):
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"DepthwiseConv2d: kernel_size must be a positive odd int, got {kernel_size}")
+        init = torch_default(kernel_size * kernel_size)
+        self.kernel = nnx.Param(init(rngs.params(), (kernel_size, kernel_size, 1, channels)))
+        self.bias = nnx.Param(init(rngs.params(), (channels,))) if use_bias else None
+        self.kernel_size = kernel_size
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = self.dtype or x.dtype
+        bias = None if self.bias is None else self.bias[...].astype(dtype)
+        return depthwise_conv2d(x.astype(dtype), self.kernel[...].astype(dtype), bias)
+
+
+@jax.jit
+def depthwise_conv2d(x, kernel, bias):
+    """y[h, w] = bias + sum_ij kernel[i, j] * x[h + i - p, w + j - p], zeros outside, p = (k-1)/2;
+    a named region that FLOP counters charge k² MACs per output."""
+    height, width, taps = x.shape[1], x.shape[2], kernel.shape[0]
+    p = (taps - 1) // 2
+    padded = jnp.pad(x, [(0, 0), (p, p), (p, p), (0, 0)])
+    rows = [padded[:, i:i + height] for i in range(taps)]
+    y = sum(row[:, :, j:j + width] * kernel[i, j, 0] for i, row in enumerate(rows) for j in range(taps))
+    return y if bias is None else y + bias

@@ -1,0 +1,184 @@
+"""VMamba's 2-D selective scan (SS2D) as a Flax NNX module on (batch, H, W, channels) grids.
+
+Order of operations (MzeroMiko/VMamba classification/models/vmamba.py, `SS2Dv2.forwardv2` and
+`forward_corev2`; `SS2Dv0.forwardv0` for "v0"):
+
+    in_proj -> [x | z] -> depthwise conv2d -> SiLU -> cross_scan into K = 4 sequences
+    -> per direction k: x_proj_weight[k] -> (dt | B | C), delta = dt_projs_weight[k] @ dt
+    -> one selective scan over the K·d_inner channels, B/C grouped by direction,
+       delta_bias = dt_projs_bias, softplus, D skip = Ds
+    -> cross_merge (undo each order, sum) -> out_norm (LayerNorm) -> [· SiLU(z)] -> out_proj
+
+forward_type
+  "v05_noz": the released v2/v3 models (VMamba-T/S/B): no z branch (in_proj makes d_inner
+             channels), typically d_state 1 and a 3x3 depthwise conv without bias.
+  "v0":      the original SS2D (Vanilla-VMamba): in_proj makes x and z, the output is
+             LayerNorm(y) · SiLU(z). (The official SS2Dv0 always uses a 3x3 conv with bias;
+             sarf_jax.convert.vmamba passes those values for it.)
+
+The four directions (csm_triton.py `cross_scan_fwd` / `cross_merge_fwd`, scans=0):
+k=0 row-major, k=1 column-major, k=2 reversed row-major, k=3 reversed column-major; they are
+plain transposes and flips of the grid, so any H, W (odd included) works.
+
+Parameters keep the official names; K-stacked tensors hold direction k at slice k:
+
+    official key (PyTorch)               here (Flax NNX)                   layout change
+    in_proj.weight   (E or 2E, C)        in_proj.kernel   (C, E or 2E)     transpose
+    conv2d.weight    (E, 1, k, k)        conv2d.kernel    (k, k, 1, E)     as any Conv2d
+    conv2d.bias      (E,)                conv2d.bias                       (when conv_bias)
+    x_proj_weight    (K, R+2N, E)        x_proj_weight    (K, R+2N, E)     - ; rows dt | B | C
+    dt_projs_weight  (K, E, R)           dt_projs_weight  (K, E, R)        -
+    dt_projs_bias    (K, E)              dt_projs_bias    (K, E)           -
+    A_logs           (K·E, N)            A_logs           (K·E, N)         -
+    Ds               (K·E,)              Ds               (K·E,)           -
+    out_norm.weight/bias (E,)            out_norm.scale/bias               -
+    out_proj.weight  (C, E)              out_proj.kernel  (E, C)           transpose
+
+C = d_model, E = d_inner = ssm_ratio·C, R = dt_rank, N = d_state. The official in_proj /
+out_proj are Linear2d (1x1 convolutions on NCHW) when norm_layer is "ln2d" and nn.Linear
+otherwise; both store (out, in) and both are a Dense layer on channels-last grids.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sarf_jax.nn.conv import DepthwiseConv2d
+from sarf_jax.nn.initializers import torch_default, uniform
+from sarf_jax.nn.mamba import dt_bias_init
+from sarf_jax.ops import resolve_impl, selective_scan
+
+FORWARD_TYPES = ("v05_noz", "v0")
+DIRECTIONS = 4  # K
+
+
+def cross_scan(x: jax.Array) -> jax.Array:
+    """(batch, H, W, C) grid -> (batch, H·W, 4, C): the grid read in the four scan orders."""
+    batch, height, width, channels = x.shape
+    rows = x.reshape(batch, height * width, channels)
+    columns = jnp.swapaxes(x, 1, 2).reshape(batch, height * width, channels)
+    forward = jnp.stack([rows, columns], axis=2)
+    return jnp.concatenate([forward, jnp.flip(forward, axis=1)], axis=2)
+
+
+def cross_merge(ys: jax.Array, height: int, width: int) -> jax.Array:
+    """(batch, H·W, 4, C) outputs in scan order -> (batch, H, W, C), their sum in grid order."""
+    batch, _, _, channels = ys.shape
+    y = ys[:, :, :2] + jnp.flip(ys[:, :, 2:], axis=1)
+    rows = y[:, :, 0].reshape(batch, height, width, channels)
+    columns = jnp.swapaxes(y[:, :, 1].reshape(batch, width, height, channels), 1, 2)
+    return rows + columns
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"SS2D: {name} must be a positive int, got {value!r}")
+    return value
+
+
+class SS2D(nnx.Module):
+    """VMamba's SS2D mixer on (batch, H, W, d_model) grids of any H, W.
+
+    Args:
+      d_model: channels C of the input and output.
+      d_state: SSM state size N.
+      ssm_ratio: d_inner = int(ssm_ratio · d_model).
+      dt_rank: rank of the delta projection; "auto" is ceil(d_model / 16).
+      d_conv: kernel size of the depthwise conv (odd).
+      conv_bias: bias on the depthwise conv.
+      forward_type: "v05_noz" or "v0" (see the module docstring).
+      proj_init: initialiser of the in_proj / out_proj kernels (default PyTorch's Linear init;
+        VSSM re-initialises them with trunc_normal(0.02)).
+      dtype: compute dtype of projections and conv (None: the input's). Parameters are float32;
+        the scan, the cross-merge and out_norm run in float32.
+      scan_impl, chunk_size: passed to `sarf_jax.ops.selective_scan`.
+
+    Initialised like the official module on its own (mamba_init "v0": dt bias inverse-softplus
+    of log-uniform [1e-3, 0.1], A_logs = log(1..N), Ds = 1; PyTorch defaults elsewhere).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 1,
+        ssm_ratio: float = 1.0,
+        dt_rank: int | str = "auto",
+        d_conv: int = 3,
+        conv_bias: bool = False,
+        forward_type: str = "v05_noz",
+        proj_init=None,
+        dtype=None,
+        scan_impl: str = "auto",
+        chunk_size: int | None = None,
+        rngs: nnx.Rngs,
+    ):
+        _positive_int("d_model", d_model)
+        _positive_int("d_state", d_state)
+        if forward_type not in FORWARD_TYPES:
+            raise ValueError(f"SS2D: forward_type must be one of {FORWARD_TYPES}, got {forward_type!r}")
+        if isinstance(ssm_ratio, bool) or not isinstance(ssm_ratio, (int, float)) or int(ssm_ratio * d_model) < 1:
+            raise ValueError(f"SS2D: ssm_ratio must make int(ssm_ratio * d_model) >= 1, got {ssm_ratio!r}")
+        if dt_rank == "auto":
+            dt_rank = math.ceil(d_model / 16)
+        _positive_int("dt_rank (or 'auto')", dt_rank)
+        if isinstance(d_conv, bool) or not isinstance(d_conv, int) or d_conv < 3 or d_conv % 2 == 0:
+            raise ValueError(f"SS2D: d_conv must be an odd int >= 3, got {d_conv!r}")
+        resolve_impl(scan_impl)
+        if chunk_size is not None:
+            _positive_int("chunk_size", chunk_size)
+
+        self.d_model, self.d_state, self.dt_rank = d_model, d_state, dt_rank
+        self.d_inner = d_inner = int(ssm_ratio * d_model)
+        self.forward_type = forward_type
+        self.gated = forward_type == "v0"
+        self.dtype = dtype
+        self.scan_impl, self.chunk_size = scan_impl, chunk_size
+
+        def linear(fan_in, fan_out):
+            return nnx.Linear(fan_in, fan_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                              kernel_init=proj_init or torch_default(fan_in), rngs=rngs)
+
+        K = DIRECTIONS
+        self.in_proj = linear(d_model, 2 * d_inner if self.gated else d_inner)
+        self.conv2d = DepthwiseConv2d(d_inner, d_conv, use_bias=conv_bias, dtype=dtype, rngs=rngs)
+        self.x_proj_weight = nnx.Param(torch_default(d_inner)(rngs.params(), (K, dt_rank + 2 * d_state, d_inner)))
+        self.dt_projs_weight = nnx.Param(uniform(dt_rank**-0.5)(rngs.params(), (K, d_inner, dt_rank)))
+        self.dt_projs_bias = nnx.Param(dt_bias_init(0.001, 0.1, 1e-4)(rngs.params(), (K, d_inner)))
+        self.A_logs = nnx.Param(jnp.log(jnp.broadcast_to(
+            jnp.arange(1, d_state + 1, dtype=jnp.float32), (K * d_inner, d_state))))
+        self.Ds = nnx.Param(jnp.ones((K * d_inner,), jnp.float32))
+        self.out_norm = nnx.LayerNorm(d_inner, epsilon=1e-5, use_fast_variance=False,
+                                      param_dtype=jnp.float32, rngs=rngs)
+        self.out_proj = linear(d_inner, d_model)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4 or x.shape[-1] != self.d_model:
+            raise ValueError(f"SS2D: input must have shape (batch, H, W, d_model={self.d_model}), got {x.shape}")
+        x = self.in_proj(x)
+        if self.gated:
+            x, z = jnp.split(x, 2, axis=-1)
+        y = self.out_norm(self.scan(jax.nn.silu(self.conv2d(x))))
+        if self.gated:
+            y = y * jax.nn.silu(z.astype(y.dtype))
+        return self.out_proj(y)
+
+    def scan(self, x: jax.Array) -> jax.Array:
+        """The four-direction selective scan of a (batch, H, W, d_inner) grid, merged, float32."""
+        batch, height, width, d_inner = x.shape
+        K, R, N = DIRECTIONS, self.dt_rank, self.d_state
+        xs = cross_scan(x)  # (batch, L, K, d_inner)
+        x_dbl = jnp.einsum("blkd,kcd->blkc", xs, self.x_proj_weight[...].astype(xs.dtype))
+        dt, B, C = jnp.split(x_dbl, [R, R + N], axis=-1)
+        delta = jnp.einsum("blkr,kdr->blkd", dt, self.dt_projs_weight[...].astype(dt.dtype))
+        flat = lambda t: t.reshape(batch, height * width, K * d_inner)
+        ys = selective_scan(
+            flat(xs.astype(jnp.float32)), flat(delta), -jnp.exp(self.A_logs[...]), B, C, self.Ds[...],
+            delta_bias=self.dt_projs_bias[...].reshape(-1), delta_softplus=True,
+            impl=self.scan_impl, chunk_size=self.chunk_size,
+        )
+        return cross_merge(ys.reshape(batch, height * width, K, d_inner), height, width)
