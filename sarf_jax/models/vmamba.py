@@ -25,6 +25,8 @@ the official constructors.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 
 import jax
@@ -34,6 +36,7 @@ from flax import nnx
 
 from sarf_jax.models.common import check_images, check_positive_ints, check_rate
 from sarf_jax.models.registry import register
+from sarf_jax.reduction import placement
 from sarf_jax.nn.common import DropPath, Mlp
 from sarf_jax.nn.initializers import torch_default, trunc_normal
 from sarf_jax.nn.ss2d import SS2D
@@ -150,8 +153,14 @@ class VSSBlock(nnx.Module):
             return x
         return x + self.drop_path(self.mlp(self.norm2(x)), deterministic=not train)
 
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = x + self.drop_path(self.mixer_branch(x), deterministic=not train)
+    def __call__(self, x: jax.Array, *, train: bool = False, reduce=None, mix=None) -> jax.Array:
+        """`reduce(x, y)` shrinks the block input and the SS2D branch with one plan before they are
+        added, so the MLP runs on the reduced grid (STORM's placement); `mix(branch, x)` replaces
+        `branch(x)` (QuarterMap)."""
+        y = self.mixer_branch(x) if mix is None else mix(self.mixer_branch, x)
+        if reduce is not None:
+            x, y = reduce(x, y)
+        x = x + self.drop_path(y, deterministic=not train)
         return self.mlp_branch(x, train=train)
 
 
@@ -162,9 +171,10 @@ class Stage(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.downsample = downsample
 
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        for block in self.blocks:
-            x = block(x, train=train)
+    def __call__(self, x: jax.Array, *, train: bool = False, reduce=None, mix=None) -> jax.Array:
+        """`reduce` / `mix`: one per block (or None), see VSSBlock."""
+        for i, block in enumerate(self.blocks):
+            x = block(x, train=train, reduce=reduce and reduce[i], mix=mix)
         return x if self.downsample is None else self.downsample(x)
 
 
@@ -279,19 +289,36 @@ class VMamba(nnx.Module):
             sizes.append(size)
         return sizes
 
-    def forward_features(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+    def reduction_sites(self, reduction):
+        """Grid before and after every block under `reduction` (None when nothing is reduced)."""
+        depths = tuple(len(stage.blocks) for stage in self.layers)
+        side = self.grid_sizes()[0]
+        return placement.block_sites(reduction, depths, (side, side), next_stage_hw=self._next_stage_hw)
+
+    def _next_stage_hw(self, stage: int, hw):
+        downsample = self.layers[stage].downsample
+        return downsample.output_size(hw[0]), downsample.output_size(hw[1])
+
+    def forward_features(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
         """(batch, img_size, img_size, in_chans) -> (batch, dims[-1]) pooled features (the head's input)."""
+        sites = self.reduction_sites(reduction)
+        reducer = reduction.reducer("vmamba") if sites else None
+        mix = placement.quartermap_mixer if sites and reducer.method == "quartermap" else None
         check_images("VMamba", images, self.img_size, self.in_chans)
         x = self.patch_embed(images)
+        index = 0
         for stage in self.layers:
-            x = stage(x, train=train)
+            reduce = None
+            if sites and mix is None:
+                reduce = [functools.partial(placement.reduce_pair, reducer, sites[index + i], index=index + i)
+                          for i in range(len(stage.blocks))]
+            x = stage(x, train=train, reduce=reduce, mix=mix)
+            index += len(stage.blocks)
         return self.classifier.pool(x)
 
     def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
-        if reduction is not None:
-            raise NotImplementedError(
-                "VMamba: token reduction is not integrated yet; call with reduction=None")
-        return self.classifier.head(self.forward_features(images, train=train))
+        """Logits; `reduction` (a reduction.Spec, static under jit) shrinks grids inside blocks."""
+        return self.classifier.head(self.forward_features(images, reduction=reduction, train=train))
 
 
 # name -> VSSM keyword arguments (vmamba.py factories vmamba_tiny_s1l8 / vmamba_small_s2l15 /

@@ -34,11 +34,12 @@ def check_spec(spec) -> None:
         raise ValueError(f"reduction: expected a sarf_jax.reduction.Spec or None, got {spec!r}")
 
 
-def block_sites(spec: Spec | None, depths: Sequence[int], in_hw) -> tuple[schedules.Site, ...] | None:
+def block_sites(spec: Spec | None, depths: Sequence[int], in_hw, *, next_stage_hw=None):
     """The (stage, block, in_hw, out_hw) of every block, or None when nothing is reduced.
 
-    QuarterMap never shrinks the residual grid: every block keeps its grid (the mixer alone runs
-    on a halved grid), so its sites are all identities.
+    `next_stage_hw(stage, hw)` is the grid the downsample after `stage` makes of `hw` (default:
+    halved, rounding up). QuarterMap never shrinks the residual grid: every block keeps its grid
+    (the mixer alone runs on a halved grid), so its sites are all identities.
     """
     check_spec(spec)
     if not is_active(spec):
@@ -47,10 +48,10 @@ def block_sites(spec: Spec | None, depths: Sequence[int], in_hw) -> tuple[schedu
         sites, hw = [], tuple(in_hw)
         for stage, depth in enumerate(depths):
             if stage > 0:
-                hw = ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
+                hw = schedules.next_stage_grid(stage - 1, hw, next_stage_hw)
             sites += [schedules.Site(stage, block, hw, hw) for block in range(depth)]
         return tuple(sites)
-    return schedules.trace(spec.schedule, depths, in_hw, method=spec.method)
+    return schedules.trace(spec.schedule, depths, in_hw, method=spec.method, next_stage_hw=next_stage_hw)
 
 
 def reduce_pair(reducer: Reducer, site: schedules.Site, x: jax.Array, y: jax.Array, *, index: int = 0):

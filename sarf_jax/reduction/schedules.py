@@ -263,11 +263,19 @@ def resolve(schedule, depths: Sequence[int]) -> Schedule:
     return schedule
 
 
-def trace(schedule, depths: Sequence[int], in_hw: Grid, *, method: str | None = None):
+def next_stage_grid(stage: int, hw: Grid, next_stage_hw=None) -> Grid:
+    """The grid after the downsample that ends `stage`: `next_stage_hw(stage, hw)` when given,
+    else halved rounding up (VMamba's stride-2 3x3 conv / padded patch merging)."""
+    if next_stage_hw is not None:
+        return tuple(next_stage_hw(stage, hw))
+    return (hw[0] + 1) // 2, (hw[1] + 1) // 2
+
+
+def trace(schedule, depths: Sequence[int], in_hw: Grid, *, method: str | None = None, next_stage_hw=None):
     """Every block's grid before and after reduction, for a backbone whose first stage sees `in_hw`.
 
-    Between stages the grid halves, rounding up (VMamba's stride-2 conv / padded patch merging).
-    With `method`, each reducing site is also checked to be reachable by that method.
+    Between stages the grid goes through `next_stage_grid`. With `method`, each reducing site is
+    also checked to be reachable by that method.
     """
     depths = tuple(depths)
     schedule = resolve(schedule, depths)
@@ -275,7 +283,7 @@ def trace(schedule, depths: Sequence[int], in_hw: Grid, *, method: str | None = 
     sites = []
     for stage, depth in enumerate(depths):
         if stage > 0:
-            hw = ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
+            hw = next_stage_grid(stage - 1, hw, next_stage_hw)
         for block in range(depth):
             out_hw = tuple(schedule.target(depths, stage, block, hw))
             if method is not None and out_hw != hw:

@@ -60,8 +60,8 @@ def test_other_spec_fields_are_validated():
         reduction.Spec("tome", "hybrid_2p1", tome_prune="yes")
     with pytest.raises(ValueError, match=r"schedule: method 'sarf_tome' needs a schedule"):
         reduction.Spec("sarf_tome")
-    with pytest.raises(ValueError, match=r"family: expected one of vmamba, plainmamba, vim"):
-        reduction.Spec("tome", "schedual_2").reducer("vit")
+    with pytest.raises(ValueError, match=r"family: expected one of vmamba, plainmamba, vim, vit"):
+        reduction.Spec("tome", "schedual_2").reducer("deit")
 
 
 def test_non_square_targets_are_rejected_where_squares_are_required():
