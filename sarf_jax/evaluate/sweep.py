@@ -47,7 +47,7 @@ def parse_reduction(text: str) -> reduction_lib.Spec | None:
 
 
 def spec_label(spec) -> str:
-    """A stable, readable key for a spec: 'none', 'sarf_tome:keep=0.6,sites=4', ..."""
+    """A stable, readable key for a spec: 'none', 'sarf_tome:keep=0.6', 'tome:hybrid_2p1', ..."""
     if spec is None:
         return "none"
     schedule = spec.schedule

@@ -150,24 +150,25 @@ class KeepSchedule:
     """
 
     keep: float
-    sites: int = 4
+    sites: int | None = None  # None: 4, or every candidate block of a backbone with fewer
 
     def __post_init__(self):
         if not 0.0 < self.keep <= 1.0:
             raise ValueError(f"schedule: keep must be in (0, 1], got {self.keep}")
-        if self.sites < 1:
+        if self.sites is not None and self.sites < 1:
             raise ValueError(f"schedule: sites must be >= 1, got {self.sites}")
 
     def site_blocks(self, depths: Depths) -> tuple[tuple[int, int], ...]:
         stages = range(len(depths) - 1) if len(depths) > 1 else range(1)
         candidates = [(s, b) for s in stages for b in range(depths[s]) if (s, b) != (0, 0)]
-        if self.sites > len(candidates):
+        sites = min(4, len(candidates)) if self.sites is None else self.sites
+        if not 1 <= sites <= len(candidates):
             raise ValueError(
-                f"schedule: sites={self.sites} but a backbone with depths {tuple(depths)} has only "
+                f"schedule: sites={sites} but a backbone with depths {tuple(depths)} has "
                 f"{len(candidates)} candidate blocks (valid: 1 .. {len(candidates)})"
             )
         count = len(candidates)
-        return tuple(candidates[i * count // self.sites] for i in range(self.sites))
+        return tuple(candidates[i * count // sites] for i in range(sites))
 
     def check(self, depths: Depths) -> None:
         self.site_blocks(depths)
@@ -182,13 +183,13 @@ class KeepSchedule:
                 f"schedule {self.name}: no square target is reachable from the {height}×{width} "
                 f"grid at stage {stage}, block {block} (side would need {low} <= side <= {high})"
             )
-        side = round(math.sqrt(self.keep ** (1.0 / self.sites) * height * width))
+        side = round(math.sqrt(self.keep ** (1.0 / len(self.site_blocks(depths))) * height * width))
         side = min(max(side, low), high)
         return side, side
 
     @property
     def name(self) -> str:
-        return f"keep={self.keep},sites={self.sites}"
+        return f"keep={self.keep}" + ("" if self.sites is None else f",sites={self.sites}")
 
 
 Schedule = PruneTable | TargetTable | KeepSchedule
@@ -210,7 +211,7 @@ def parse(schedule) -> str | Schedule:
     if isinstance(schedule, str):
         match = KEEP_PATTERN.fullmatch(schedule)
         if match:
-            return KeepSchedule(float(match["keep"]), int(match["sites"] or 4))
+            return KeepSchedule(float(match["keep"]), int(match["sites"]) if match["sites"] else None)
         if schedule in NAMES:
             return schedule
         raise ValueError(f"schedule: unknown name {schedule!r}; valid: {_valid_names()}")

@@ -14,7 +14,7 @@ def test_parse_reduction_reads_method_schedule_and_options():
     assert sweep.parse_reduction("none") is None
     spec = sweep.parse_reduction("sarf_tome:keep=0.6:window=3:merge=mean")
     assert spec == reduction.Spec("sarf_tome", "keep=0.6", window=3, merge="mean")
-    assert sweep.spec_label(spec) == "sarf_tome:keep=0.6,sites=4:window=3:merge=mean"
+    assert sweep.spec_label(spec) == "sarf_tome:keep=0.6:window=3:merge=mean"
     assert sweep.spec_label(sweep.parse_reduction("tome:hybrid_2p1")) == "tome:hybrid_2p1"
     with pytest.raises(ValueError, match=r"method: unknown 'magic'"):
         sweep.parse_reduction("magic:keep=0.5")

@@ -74,8 +74,11 @@ def test_fixture_tables_give_the_fixture_grids(load_fixture):
 
 
 def test_generated_keep_schedule_is_a_pure_function_of_the_grid():
-    schedule = schedules.parse("keep=0.6")
-    assert schedule == schedules.KeepSchedule(0.6, 4) == schedules.parse("keep=0.6,sites=4")
+    schedule = schedules.parse("keep=0.6,sites=4")
+    assert schedule == schedules.KeepSchedule(0.6, 4)
+    default = schedules.parse("keep=0.6")  # 4 sites, or every candidate block of a small backbone
+    assert default.site_blocks(VMAMBA_TINY) == schedule.site_blocks(VMAMBA_TINY)
+    assert default.site_blocks((2, 2, 2)) == ((0, 1), (1, 0), (1, 1))
     assert schedule.site_blocks(VMAMBA_TINY) == ((0, 1), (1, 1), (2, 2), (2, 5))
     assert schedule.site_blocks((24,)) == ((0, 1), (0, 6), (0, 12), (0, 18))
     per_site = 0.6 ** (1 / 4)
