@@ -13,10 +13,11 @@ from collections.abc import Mapping
 import numpy as np
 from flax import nnx
 
-from sarf_jax.convert import vim, vmamba
+from sarf_jax.convert import plainmamba, vim, vmamba
 from sarf_jax.convert.state_dict import load_state_dict
 
 FAMILIES = {  # family name -> module with build() and rename()
+    "plainmamba": plainmamba,
     "vim": vim,
     "vmamba": vmamba,
 }

@@ -1,0 +1,283 @@
+"""PlainMamba (Yang et al., 2024): a non-hierarchical visual Mamba with zig-zag scans.
+
+One module tree (ChenhongyiYang/PlainMamba, mmcls/plain_mamba_dev/models/: plain_mamba.py,
+plain_mamba_layer.py, modules/patch_embed.py, necks/custom_avg_pooling.py; wrapped as mmcls's
+ImageClassifier with a LinearClsHead) and a table of variants:
+
+    images (B, H, W, in_chans)
+    patch_embed: stem conv7x7 s2 (no bias) + BN + ReLU, num_convs x [conv3x3 + BN + ReLU],
+                 projection conv (patch/2)x(patch/2) stride patch/2 (with bias)   -> (B, h, w, D)
+    + pos_embed (1, h0*w0, D), bicubic-resized when (h, w) != (h0, w0) (torch's kernel, exact)
+    layers[i]:   x = x + drop_path(PlainMamba2D(LayerNorm(x)))                   (eps 1e-5)
+                 then, in layers_with_dwconv only: x = GELU(BN(dwconv3x3(x)))     (no skip)
+    ln1 (LayerNorm eps 1e-6) -> mean over tokens -> head.fc
+
+Attribute names follow the official modules, so an official state dict loads by name (see
+sarf_jax.convert.plainmamba for the prefixes). Grids stay (B, h, w, D) channels-last between
+layers; every layer takes its grid size from its input, so layers work on any (h, w).
+
+Images of other sizes than img_size are accepted, as officially (the position embedding is
+resized); token reduction is not integrated yet (`reduction` must be None or a "none" Spec).
+
+Deviations from the official code:
+- Input H and W must be multiples of patch_size (the official AdaptivePadding pads the stem output
+  at the bottom/right otherwise); a ValueError says so.
+- The stem width (64 in the official code) is the `stem_channels` argument, so that small
+  variants can use a narrower stem; the official variants keep 64.
+- Initialisation follows the official module constructors (PyTorch defaults, mamba's dt/A/D
+  init, trunc-normal 0.02 position embedding and direction_Bs); mmcls's classifier-level
+  init_cfg (trunc-normal Linear layers) is not applied.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sarf_jax.models.common import check_positive_ints, check_rate
+from sarf_jax.models.registry import register
+from sarf_jax.nn.common import DropPath
+from sarf_jax.nn.conv import DepthwiseConv2d
+from sarf_jax.nn.initializers import torch_default
+from sarf_jax.nn.plainmamba2d import PlainMamba2D
+from sarf_jax.nn.pos_embed import resize_bicubic
+from sarf_jax.reduction import placement
+
+OFFICIAL_STEM_CHANNELS = 64
+
+
+def _conv(in_features, out_features, kernel, *, stride=1, padding=0, bias=False, dtype, rngs):
+    fan_in = in_features * kernel * kernel
+    return nnx.Conv(in_features, out_features, (kernel, kernel), strides=(stride, stride),
+                    padding=((padding, padding), (padding, padding)), use_bias=bias, dtype=dtype,
+                    param_dtype=jnp.float32, kernel_init=torch_default(fan_in),
+                    bias_init=torch_default(fan_in), rngs=rngs)
+
+
+def _batch_norm(features, *, dtype, rngs):
+    """torch's BatchNorm2d: eps 1e-5, running averages with momentum 0.1, exact variance."""
+    return nnx.BatchNorm(features, epsilon=1e-5, momentum=0.9, use_fast_variance=False, dtype=dtype,
+                         param_dtype=jnp.float32, rngs=rngs)
+
+
+def _layer_norm(features, epsilon, *, dtype, rngs):
+    return nnx.LayerNorm(features, epsilon=epsilon, use_fast_variance=False, dtype=dtype,
+                         param_dtype=jnp.float32, rngs=rngs)
+
+
+def _conv_bn_act(sequence: nnx.List, x: jax.Array, *, train: bool) -> jax.Array:
+    """Apply [conv, BatchNorm, activation] * n kept in one list (official nn.Sequential indices)."""
+    for i in range(0, len(sequence), 3):
+        conv, norm, activation = sequence[i:i + 3]
+        x = activation(norm(conv(x), use_running_average=not train))
+    return x
+
+
+def _gelu(x):
+    return jax.nn.gelu(x, approximate=False)  # torch nn.GELU is the exact erf form
+
+
+class ConvPatchEmbed(nnx.Module):
+    """Convolutional stem: (B, H, W, in_chans) -> (B, H / patch, W / patch, embed_dim)."""
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, num_convs: int,
+                 stem_channels: int, *, dtype, rngs: nnx.Rngs):
+        conv = lambda i, o, k, **kw: _conv(i, o, k, dtype=dtype, rngs=rngs, **kw)
+        bn = lambda c: _batch_norm(c, dtype=dtype, rngs=rngs)
+        self.stem = nnx.List([conv(in_chans, stem_channels, 7, stride=2, padding=3), bn(stem_channels),
+                              jax.nn.relu])
+        self.convs = nnx.List([layer for _ in range(num_convs)
+                               for layer in (conv(stem_channels, stem_channels, 3, padding=1),
+                                             bn(stem_channels), jax.nn.relu)]) if num_convs else None
+        self.projection = conv(stem_channels, embed_dim, patch_size // 2, stride=patch_size // 2, bias=True)
+
+    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        x = _conv_bn_act(self.stem, images, train=train)
+        if self.convs is not None:
+            x = _conv_bn_act(self.convs, x, train=train)
+        return self.projection(x)
+
+
+class PlainMambaLayer(nnx.Module):
+    """x + drop_path(mixer(norm(x))), then GELU(BN(dwconv3x3(.))) when with_dwconv."""
+
+    def __init__(self, dim: int, *, with_dwconv: bool, drop_path: float, use_rms_norm: bool,
+                 mamba_kwargs: dict, dtype, rngs: nnx.Rngs):
+        if use_rms_norm:  # mamba_ssm's RMSNorm: eps 1e-5, weight only
+            self.norm = nnx.RMSNorm(dim, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        else:
+            self.norm = _layer_norm(dim, 1e-5, dtype=dtype, rngs=rngs)
+        self.mamba = PlainMamba2D(dim, dtype=dtype, rngs=rngs, **mamba_kwargs)
+        self.drop_path = DropPath(drop_path, rngs=rngs)
+        self.dw = nnx.List([DepthwiseConv2d(dim, 3, use_bias=False, dtype=dtype, rngs=rngs),
+                            _batch_norm(dim, dtype=dtype, rngs=rngs), _gelu]) if with_dwconv else None
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        x = x + self.drop_path(self.mamba(self.norm(x)), deterministic=not train)
+        if self.dw is not None:
+            x = _conv_bn_act(self.dw, x, train=train)
+        return x
+
+
+class LinearClsHead(nnx.Module):
+    """mmcls's LinearClsHead: one Linear named `fc`."""
+
+    def __init__(self, dim: int, num_classes: int, *, dtype, rngs: nnx.Rngs):
+        self.fc = nnx.Linear(dim, num_classes, dtype=dtype, param_dtype=jnp.float32,
+                             kernel_init=torch_default(dim), bias_init=torch_default(dim), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc(x)
+
+
+class PlainMamba(nnx.Module):
+    """PlainMamba classifier on NHWC images.
+
+    Args:
+      num_classes, img_size, in_chans: classifier size; img_size (square) sets the position
+        embedding's grid (img_size / patch_size)^2 and must be a multiple of patch_size.
+      patch_size: total stride of the patch embedding (even; 16 in the official models).
+      embed_dim, depth: width D and number of layers.
+      num_convs_patch_embed: 3x3 conv + BN + ReLU blocks after the stem conv.
+      layers_with_dwconv: layer indices followed by a depthwise conv3x3 + BN + GELU.
+      d_state, expand, dt_rank, conv_size, conv_bias, bias, dt_*, init_layer_scale: the mixer's
+        (PlainMamba2D) arguments.
+      use_rms_norm: RMSNorm instead of LayerNorm before the mixer.
+      final_norm: apply `ln1` (LayerNorm, eps final_norm_eps) before pooling.
+      with_pos_embed: learned absolute position embedding.
+      stem_channels: width of the stem convolutions (64 officially).
+      drop_rate: dropout after the position embedding; drop_path_rate: stochastic depth, linear
+        from 0 at the first layer to drop_path_rate at the last.
+      dtype: compute dtype (parameters are float32; scans run in float32; logits are float32).
+      scan_impl, chunk_size: passed to `sarf_jax.ops.selective_scan`.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        img_size: int,
+        in_chans: int = 3,
+        patch_size: int = 16,
+        embed_dim: int = 192,
+        depth: int = 24,
+        num_convs_patch_embed: int = 1,
+        layers_with_dwconv: tuple[int, ...] = (),
+        d_state: int = 16,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_size: int = 7,
+        conv_bias: bool = True,
+        bias: bool = True,
+        init_layer_scale: float | None = None,
+        use_rms_norm: bool = False,
+        final_norm: bool = True,
+        final_norm_eps: float = 1e-6,
+        with_pos_embed: bool = True,
+        stem_channels: int = OFFICIAL_STEM_CHANNELS,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        dtype=None,
+        scan_impl: str = "auto",
+        chunk_size: int | None = None,
+        rngs: nnx.Rngs,
+    ):
+        check_positive_ints("PlainMamba", num_classes=num_classes, img_size=img_size, in_chans=in_chans,
+                            patch_size=patch_size, embed_dim=embed_dim, depth=depth, stem_channels=stem_channels)
+        if isinstance(num_convs_patch_embed, bool) or not isinstance(num_convs_patch_embed, int) \
+                or num_convs_patch_embed < 0:
+            raise ValueError(f"PlainMamba: num_convs_patch_embed must be an int >= 0, got {num_convs_patch_embed!r}")
+        if patch_size % 2:
+            raise ValueError(f"PlainMamba: patch_size must be even (stem stride 2 x projection "
+                             f"stride patch_size / 2), got {patch_size}")
+        if img_size % patch_size:
+            raise ValueError(f"PlainMamba: img_size must be a multiple of patch_size={patch_size}, "
+                             f"got {img_size}")
+        layers_with_dwconv = tuple(layers_with_dwconv)
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth
+               for i in layers_with_dwconv):
+            raise ValueError(f"PlainMamba: layers_with_dwconv must hold layer indices in [0, {depth}), "
+                             f"got {layers_with_dwconv}")
+        check_rate("PlainMamba", "drop_rate", drop_rate)
+        check_rate("PlainMamba", "drop_path_rate", drop_path_rate)
+
+        self.num_classes, self.in_chans, self.patch_size = num_classes, in_chans, patch_size
+        self.grid = (img_size // patch_size, img_size // patch_size)  # of the position embedding
+        self.embed_dim = embed_dim
+        self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, patch_size, num_convs_patch_embed,
+                                          stem_channels, dtype=dtype, rngs=rngs)
+        self.pos_embed = nnx.Param(0.02 * jax.random.truncated_normal(
+            rngs.params(), -2.0 / 0.02, 2.0 / 0.02, (1, self.grid[0] * self.grid[1], embed_dim))
+        ) if with_pos_embed else None
+        self.drop_after_pos = nnx.Dropout(drop_rate, rngs=rngs if drop_rate > 0 else None)
+        mamba_kwargs = dict(d_state=d_state, expand=expand, dt_rank=dt_rank, dt_min=dt_min, dt_max=dt_max,
+                            dt_init=dt_init, dt_scale=dt_scale, dt_init_floor=dt_init_floor,
+                            conv_size=conv_size, conv_bias=conv_bias, bias=bias,
+                            init_layer_scale=init_layer_scale, scan_impl=scan_impl, chunk_size=chunk_size)
+        rates = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+        self.layers = nnx.List([
+            PlainMambaLayer(embed_dim, with_dwconv=i in layers_with_dwconv, drop_path=rates[i],
+                            use_rms_norm=use_rms_norm, mamba_kwargs=mamba_kwargs, dtype=dtype, rngs=rngs)
+            for i in range(depth)
+        ])
+        self.ln1 = _layer_norm(embed_dim, final_norm_eps, dtype=dtype, rngs=rngs) if final_norm else None
+        self.head = LinearClsHead(embed_dim, num_classes, dtype=dtype, rngs=rngs)
+
+    def embed(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        """Patch embedding plus (resized) position embedding: (B, H, W, C) -> (B, h, w, D)."""
+        if images.ndim != 4 or images.shape[-1] != self.in_chans:
+            raise ValueError(f"PlainMamba: images must have shape (batch, H, W, in_chans={self.in_chans}), "
+                             f"got {images.shape}")
+        if images.shape[1] % self.patch_size or images.shape[2] % self.patch_size:
+            raise ValueError(f"PlainMamba: image height and width must be multiples of "
+                             f"patch_size={self.patch_size}, got {images.shape[1:3]}")
+        x = self.patch_embed(images, train=train)
+        if self.pos_embed is not None:
+            pos_embed = self.pos_embed[...].reshape(1, *self.grid, self.embed_dim)
+            x = x + resize_bicubic(pos_embed, x.shape[1:3]).astype(x.dtype)
+        return self.drop_after_pos(x, deterministic=not train)
+
+    def pool(self, x: jax.Array) -> jax.Array:
+        """Final norm and token mean (the official CustomAveragePooling neck): (B, h, w, D) -> (B, D)."""
+        if self.ln1 is not None:
+            x = self.ln1(x)
+        return x.mean(axis=(1, 2))
+
+    def reduction_sites(self, reduction):
+        """None: nothing is reduced (token reduction inside PlainMamba is not integrated yet)."""
+        placement.check_spec(reduction)
+        if placement.is_active(reduction):
+            raise NotImplementedError(
+                f"PlainMamba: token reduction is not integrated yet; got reduction={reduction!r}, "
+                "call with reduction=None")
+        return None
+
+    def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
+        self.reduction_sites(reduction)
+        x = self.embed(images, train=train)
+        for layer in self.layers:
+            x = layer(x, train=train)
+        return self.head(self.pool(x)).astype(jnp.float32)
+
+
+# Official variants (arch_zoo in plain_mamba.py). Their ImageNet training used drop_path_rate
+# 0.2 (L1, L2) and 0.4 (L3) (plain_mamba_configs/plain_mamba_l*_in1k_300e.py); like every
+# variant here they default to 0 and a training config sets it.
+# `plainmamba_mini` is ours: 28x28 Fashion-MNIST on a 2-core CPU: 2x2 patches (stem stride 2, 1x1
+# projection) give a 14x14 grid; narrow stem, 4 layers of width 48, d_state 8.
+VARIANTS = {
+    "plainmamba_l1": dict(embed_dim=192, depth=24, num_convs_patch_embed=1, layers_with_dwconv=(0,)),
+    "plainmamba_l2": dict(embed_dim=384, depth=24, num_convs_patch_embed=2, layers_with_dwconv=()),
+    "plainmamba_l3": dict(embed_dim=448, depth=36, num_convs_patch_embed=2, layers_with_dwconv=()),
+    "plainmamba_mini": dict(patch_size=2, embed_dim=48, depth=4, d_state=8, num_convs_patch_embed=0,
+                            layers_with_dwconv=(0,), stem_channels=32),
+}
+
+for _name, _kwargs in VARIANTS.items():
+    register(_name, PlainMamba, **_kwargs)
