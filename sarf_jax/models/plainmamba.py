@@ -31,6 +31,8 @@ Deviations from the official code:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -113,8 +115,15 @@ class PlainMambaLayer(nnx.Module):
         self.dw = nnx.List([DepthwiseConv2d(dim, 3, use_bias=False, dtype=dtype, rngs=rngs),
                             _batch_norm(dim, dtype=dtype, rngs=rngs), _gelu]) if with_dwconv else None
 
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = x + self.drop_path(self.mamba(self.norm(x)), deterministic=not train)
+    def __call__(self, x: jax.Array, *, train: bool = False, reduce=None, mix=None) -> jax.Array:
+        """`reduce(x, y)` shrinks the layer input and the mixer output with one plan before they
+        are added, so the depthwise conv runs on the reduced grid and later layers rebuild their
+        scan orders for it (STORM's placement); `mix(mixer, h)` replaces `mixer(h)` (QuarterMap)."""
+        h = self.norm(x)
+        y = self.mamba(h) if mix is None else mix(self.mamba, h)
+        if reduce is not None:
+            x, y = reduce(x, y)
+        x = x + self.drop_path(y, deterministic=not train)
         if self.dw is not None:
             x = _conv_bn_act(self.dw, x, train=train)
         return x
@@ -249,20 +258,22 @@ class PlainMamba(nnx.Module):
             x = self.ln1(x)
         return x.mean(axis=(1, 2))
 
-    def reduction_sites(self, reduction):
-        """None: nothing is reduced (token reduction inside PlainMamba is not integrated yet)."""
-        placement.check_spec(reduction)
-        if placement.is_active(reduction):
-            raise NotImplementedError(
-                f"PlainMamba: token reduction is not integrated yet; got reduction={reduction!r}, "
-                "call with reduction=None")
-        return None
+    def reduction_sites(self, reduction, hw=None):
+        """Grid before and after every layer under `reduction` (None when nothing is reduced), for
+        the patch grid `hw` (default: that of img_size)."""
+        return placement.block_sites(reduction, (len(self.layers),), hw or self.grid)
 
     def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
-        self.reduction_sites(reduction)
+        """Logits; `reduction` (a reduction.Spec, static under jit) shrinks the grid between layers."""
         x = self.embed(images, train=train)
-        for layer in self.layers:
-            x = layer(x, train=train)
+        sites = self.reduction_sites(reduction, x.shape[1:3])
+        reducer = reduction.reducer("plainmamba") if sites else None
+        mix = placement.quartermap_mixer if sites and reducer.method == "quartermap" else None
+        for index, layer in enumerate(self.layers):
+            reduce = None
+            if sites and mix is None and sites[index].out_hw != sites[index].in_hw:
+                reduce = functools.partial(placement.reduce_pair, reducer, sites[index], index=index)
+            x = layer(x, train=train, reduce=reduce, mix=mix)
         return self.head(self.pool(x)).astype(jnp.float32)
 
 
