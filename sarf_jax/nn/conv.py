@@ -75,42 +75,9 @@ class DepthwiseConv2d(nnx.Module):
 def depthwise_conv2d(x, kernel, bias):
     """y[h, w] = bias + sum_ij kernel[i, j] * x[h + i - p, w + j - p], zeros outside, p = (k-1)/2;
     a named region that FLOP counters charge k² MACs per output."""
-    y = _depthwise_correlation(x, kernel)
-    return y if bias is None else y + bias
-
-
-def _correlate(x, kernel):
     height, width, taps = x.shape[1], x.shape[2], kernel.shape[0]
     p = (taps - 1) // 2
     padded = jnp.pad(x, [(0, 0), (p, p), (p, p), (0, 0)])
     rows = [padded[:, i:i + height] for i in range(taps)]
-    return sum(row[:, :, j:j + width] * kernel[i, j, 0] for i, row in enumerate(rows) for j in range(taps))
-
-
-@jax.custom_vjp
-def _depthwise_correlation(x, kernel):
-    return _correlate(x, kernel)
-
-
-def _depthwise_correlation_forward(x, kernel):
-    return _correlate(x, kernel), (x, kernel)
-
-
-def _depthwise_correlation_backward(residuals, grad):
-    """Written by hand: autodiff of the k² shifted products made k² separate reductions for the
-    kernel gradient, ~1.7x slower and ~2x longer to compile for PlainMamba's 7x7 (batch 64, 14x14,
-    128 channels, 2-core CPU: 233-381 ms vs 580-800 ms forward + backward; XLA's grouped
-    convolution 800-1250 ms). The input gradient is the same correlation with the flipped kernel;
-    the kernel gradient reduces, per kernel row, the k column shifts stacked on a new axis."""
-    x, kernel = residuals
-    height, width, taps = x.shape[1], x.shape[2], kernel.shape[0]
-    p = (taps - 1) // 2
-    grad_x = _correlate(grad, kernel[::-1, ::-1])
-    padded = jnp.pad(x, [(0, 0), (p, p), (p, p), (0, 0)])
-    columns = jnp.stack([padded[:, :, j:j + width] for j in range(taps)], axis=3)  # (B, H + 2p, W, k, C)
-    grad_kernel = jnp.stack([jnp.sum(columns[:, i:i + height] * grad[:, :, :, None], axis=(0, 1, 2))
-                             for i in range(taps)])  # (k, k, C)
-    return grad_x, grad_kernel[:, :, None, :].astype(kernel.dtype)
-
-
-_depthwise_correlation.defvjp(_depthwise_correlation_forward, _depthwise_correlation_backward)
+    y = sum(row[:, :, j:j + width] * kernel[i, j, 0] for i, row in enumerate(rows) for j in range(taps))
+    return y if bias is None else y + bias

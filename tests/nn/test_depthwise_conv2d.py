@@ -1,5 +1,5 @@
-"""nn.DepthwiseConv2d (shifted sums + hand-written backward) equals XLA's grouped convolution,
-loads PyTorch's depthwise weights by nnx.Conv's rule, and is charged k*k MACs per output."""
+"""nn.DepthwiseConv2d (shifted sums) equals XLA's grouped convolution in values and gradients,
+loads PyTorch's depthwise weights, and is charged k*k MACs per output."""
 
 import jax
 import jax.numpy as jnp
