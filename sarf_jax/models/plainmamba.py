@@ -265,8 +265,9 @@ class PlainMamba(nnx.Module):
 
     def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
         """Logits; `reduction` (a reduction.Spec, static under jit) shrinks the grid between layers."""
+        grid = (images.shape[1] // self.patch_size, images.shape[2] // self.patch_size)
+        sites = self.reduction_sites(reduction, grid)  # checked before anything is traced
         x = self.embed(images, train=train)
-        sites = self.reduction_sites(reduction, x.shape[1:3])
         reducer = reduction.reducer("plainmamba") if sites else None
         mix = placement.quartermap_mixer if sites and reducer.method == "quartermap" else None
         for index, layer in enumerate(self.layers):

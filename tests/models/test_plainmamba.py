@@ -201,8 +201,8 @@ def test_bad_model_arguments_and_inputs():
         model(jnp.zeros((2, 28, 28, 3)))
     with pytest.raises(ValueError, match=r"multiples of patch_size=2, got \(28, 27\)"):
         model(jnp.zeros((2, 28, 27, 1)))
-    with pytest.raises(NotImplementedError, match="token reduction is not integrated yet"):
-        model(jnp.zeros((2, 28, 28, 1)), reduction=Spec("sarf_tome", "keep=0.6"))
+    with pytest.raises(ValueError, match=r"sarf_tome can reduce H=14 to 7 .. 14"):
+        model(jnp.zeros((2, 28, 28, 1)), reduction=Spec("sarf_tome", {1: 36}))
     with pytest.raises(ValueError, match="expected a sarf_jax.reduction.Spec or None"):
         model(jnp.zeros((2, 28, 28, 1)), reduction="sarf_tome")
     assert model.reduction_sites(None) is None and model.reduction_sites(Spec("none")) is None
