@@ -15,31 +15,16 @@ import datetime
 import json
 import os
 import platform
-import statistics
-import time
 
 import jax
-import numpy as np
 from flax import nnx
 
 from sarf_jax import models, reduction
 from sarf_jax.evaluate import model_gflops
+from sarf_jax.evaluate.sweep import images_per_second
 
 KEEPS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 TARGET_SAVING = 0.375
-
-
-def images_per_second(model, spec, images, repeats: int) -> float:
-    graphdef, state = nnx.split(model)
-    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, reduction=spec)).lower(state, images).compile()
-    for _ in range(3):
-        jax.block_until_ready(forward(state, images))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(forward(state, images))
-        times.append(time.perf_counter() - start)
-    return images.shape[0] / statistics.median(times)
 
 
 def closest_schedule(model, dense_gflops: float):
@@ -65,13 +50,13 @@ def main():
     print(json.dumps({"bench": "machine", "cpu": platform.processor() or platform.machine(),
                       "cores": os.cpu_count(), "device": jax.devices()[0].device_kind,
                       "jax": jax.__version__, "date": datetime.date.today().isoformat()}), flush=True)
-    images = jax.random.normal(jax.random.key(0), (args.batch, 28, 28, 1))
     for name in args.models:
         model = models.create(name, num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0))
         dense_gflops = model_gflops(model, 28, in_chans=1)
         spec, gflops = closest_schedule(model, dense_gflops)
-        dense_speed = images_per_second(model, None, images, args.repeats)
-        sarf_speed = images_per_second(model, spec, images, args.repeats)
+        speed = lambda spec: images_per_second(model, spec, batch_size=args.batch, img_size=28, in_chans=1,
+                                               repeats=args.repeats)
+        dense_speed, sarf_speed = speed(None), speed(spec)
         gflops_ratio, speedup = dense_gflops / gflops, sarf_speed / dense_speed
         print(json.dumps({
             "bench": "reduction", "model": name, "batch": args.batch, "schedule": spec.schedule.name,

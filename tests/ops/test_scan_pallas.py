@@ -23,26 +23,10 @@ import pytest
 
 from sarf_jax.ops import scan_pallas, scan_pallas_gpu, scan_pallas_tpu, selective_scan
 from sarf_jax.ops.selective_scan import resolve_impl
+from test_selective_scan import ARG_NAMES, random_args  # the same random inputs as the XLA impls
 
 KERNELS = ("pallas_tpu", "pallas_gpu")
-ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 BF16_EPS = float(jnp.finfo(jnp.bfloat16).eps)  # 2^-7
-
-
-def random_args(batch, length, channels, state, groups=None, seed=0):
-    rng = np.random.default_rng(seed)
-    normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)
-    bc_shape = (batch, length, state) if groups is None else (batch, length, groups, state)
-    return dict(
-        u=normal(batch, length, channels),
-        delta=normal(batch, length, channels) * 0.5,
-        A=-np.exp(normal(channels, state) * 0.5),
-        B=normal(*bc_shape),
-        C=normal(*bc_shape),
-        D=rng.uniform(0.5, 1.5, channels).astype(np.float32),
-        z=normal(batch, length, channels),
-        delta_bias=rng.uniform(-1, 0, channels).astype(np.float32),
-    )
 
 
 # name: (random_args shape, TPU tiling constants, options, expected TPU tiling)
