@@ -14,7 +14,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import time
 
 import jax
@@ -24,17 +23,7 @@ from flax import nnx
 
 from sarf_jax import models
 from sarf_jax.evaluate import model_gflops, parameter_count
-
-
-def median_seconds(fn, repeats: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from sarf_jax.evaluate.timing import median_seconds
 
 
 def bench(name: str, *, img_size: int, in_chans: int, batch: int, repeats: int) -> dict:

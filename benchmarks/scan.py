@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sarf_jax.evaluate.timing import median_seconds
 from sarf_jax.nn import Mamba
 from sarf_jax.ops import selective_scan
 from sarf_jax.ops.selective_scan import DEFAULT_CHUNK_SIZE, resolve_impl
@@ -54,14 +54,7 @@ def machine() -> dict:
 
 
 def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):  # warm-up: caches, allocator and thread pool settle before timing
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(fn, repeats)
 
 
 def compiled_jax(fn, *args):

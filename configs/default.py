@@ -4,8 +4,8 @@ Command:
   python train.py --config configs/default.py --workdir /tmp/sarf_fmnist
 
 Expected: 72% top-1 on the Fashion-MNIST test set (0.7205; EMA weights 0.721) after 900 steps
-(~1 epoch) in 9.8 minutes including start-up and evaluation, measured 2026-11-26 on the project's
-2-core x86-64 VM while other jobs shared its cores (1.5-1.9 steps/s).
+(~1 epoch) in 6.6 minutes including start-up and evaluation (`make train`), measured 2026-11-26 on
+the project's 2-core x86-64 VM while a test run shared its cores (~2.5-3 steps/s).
 
 Switch backbone with one word: `--config.model.name=vim_mini` (or `vmamba_mini`, `plainmamba_mini`
 once registered); `config.model.overrides` (patch_size=4: a 7x7 token grid) applies to each of them.

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -22,6 +21,7 @@ from flax import nnx
 
 from sarf_jax import reduction as reduction_lib
 from sarf_jax.evaluate.flops import model_gflops
+from sarf_jax.evaluate.timing import median_seconds
 
 RESULTS_FILE = "results.json"
 
@@ -93,14 +93,7 @@ def images_per_second(model, spec, *, batch_size: int, img_size: int, in_chans: 
     forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, reduction=spec))
     images = jnp.zeros((batch_size, img_size, img_size, in_chans), jnp.float32)
     compiled = forward.lower(state, images).compile()
-    for _ in range(2):
-        jax.block_until_ready(compiled(state, images))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(state, images))
-        times.append(time.perf_counter() - start)
-    return batch_size / statistics.median(times)
+    return batch_size / median_seconds(lambda: jax.block_until_ready(compiled(state, images)), repeats)
 
 
 @dataclasses.dataclass

@@ -4,7 +4,6 @@ It mirrors selective_scan_ref's loop literally; slow to differentiate (it saves 
 state) but simple enough to trust.
 """
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
