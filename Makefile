@@ -1,6 +1,8 @@
 # make test: set up .venv (Python >= 3.12, found by tools/find_python.sh) and run the test suite.
 # make train: get Fashion-MNIST (Debian's dataset-fashion-mnist) if missing, train configs/default.py
 #             in $(WORKDIR) and evaluate it on the test set (a second run resumes / re-evaluates).
+# make reproduce: train the four *_mini models on Fashion-MNIST, run the reduction sweeps on each
+#             (training-free), fine-tune one with SARF active, and write results/ (tools/reproduce.py).
 # make bench: run the benchmarks in benchmarks/ (JSON lines on stdout).
 
 VENV ?= .venv
@@ -9,7 +11,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/default
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: test train bench venv clean
+.PHONY: test train reproduce bench venv clean
 
 venv: $(STAMP)
 
@@ -27,6 +29,10 @@ test: $(STAMP)
 train: $(STAMP)
 	@FMNIST_DIR=$(FMNIST_DIR) sh tools/get_fashion_mnist.sh
 	$(PY) train.py --config configs/default.py --workdir $(WORKDIR) --config.data.dir=$(FMNIST_DIR)
+
+reproduce: $(STAMP)
+	@FMNIST_DIR=$(FMNIST_DIR) sh tools/get_fashion_mnist.sh
+	$(PY) tools/reproduce.py --workdir runs/reproduce --out results --data-dir $(FMNIST_DIR)
 
 bench: $(STAMP)
 	$(PY) benchmarks/scan.py

@@ -26,8 +26,11 @@ from sarf_jax.evaluate import model_gflops, parameter_count
 from sarf_jax.evaluate.timing import median_seconds
 
 
-def bench(name: str, *, img_size: int, in_chans: int, batch: int, repeats: int) -> dict:
-    model = models.create(name, num_classes=10, img_size=img_size, in_chans=in_chans, rngs=nnx.Rngs(0))
+def bench(name: str, *, img_size: int, in_chans: int, batch: int, repeats: int, scan_impl=None,
+          dtype: str = "float32", check_against=None) -> dict:
+    make = lambda impl: models.create(name, num_classes=10, img_size=img_size, in_chans=in_chans, rngs=nnx.Rngs(0),
+                                      dtype=jnp.dtype(dtype), **({"scan_impl": impl} if impl else {}))
+    model = make(scan_impl)
     graphdef, state = nnx.split(model)
     images = jax.random.normal(jax.random.key(0), (batch, img_size, img_size, in_chans))
     labels = jnp.arange(batch) % 10
@@ -35,21 +38,31 @@ def bench(name: str, *, img_size: int, in_chans: int, batch: int, repeats: int) 
     def forward(state, images):
         return nnx.merge(graphdef, state)(images)
 
-    def loss(state, images, labels):
-        logits = nnx.merge(graphdef, state)(images, train=True)
+    params, rest = nnx.split(model, nnx.Param, ...)[1:]
+
+    def loss(params, rest, images, labels):  # gradients of the parameters only (not RNG keys)
+        fresh_rest = jax.tree.map(lambda x: x, rest)  # Variables of this trace: train mode mutates them
+        logits = nnx.merge(graphdef, params, fresh_rest)(images, train=True)
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     start = time.perf_counter()
     forward_c = jax.jit(forward).lower(state, images).compile()
-    grad_c = jax.jit(jax.grad(loss)).lower(state, images, labels).compile()
+    grad_c = jax.jit(jax.grad(loss)).lower(params, rest, images, labels).compile()
     compile_s = time.perf_counter() - start
     forward_s = median_seconds(lambda: jax.block_until_ready(forward_c(state, images)), repeats)
-    grad_s = median_seconds(lambda: jax.block_until_ready(grad_c(state, images, labels)), repeats)
+    grad_s = median_seconds(lambda: jax.block_until_ready(grad_c(params, rest, images, labels)), repeats)
+    agreement = {}
+    if check_against:  # the same weights (same seed) with another scan: largest logit difference
+        with jax.default_matmul_precision("highest"):
+            ours, theirs = model(images[:8]), make(check_against)(images[:8])
+        agreement = {f"logits_max_abs_diff_vs_{check_against}": float(jnp.max(jnp.abs(ours - theirs))),
+                     "logits_max_abs": float(jnp.max(jnp.abs(theirs)))}
     return {
         "bench": "model", "model": name, "img_size": img_size, "in_chans": in_chans, "batch": batch,
+        "scan_impl": scan_impl or "auto", "dtype": dtype,
         "params": parameter_count(model), "gflops": model_gflops(model, img_size, in_chans=in_chans),
         "compile_s": compile_s, "forward_images_per_s": batch / forward_s,
-        "forward_backward_images_per_s": batch / grad_s,
+        "forward_backward_images_per_s": batch / grad_s, **agreement,
     }
 
 
@@ -60,14 +73,19 @@ def main():
     parser.add_argument("--in-chans", type=int, default=1)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--scan-impl", default=None, help="selective_scan impl of the SSMs (default: auto)")
+    parser.add_argument("--dtype", default="float32", help="compute dtype, e.g. bfloat16 on accelerators")
+    parser.add_argument("--check-against", default=None, help="also report the logit difference to this impl")
     args = parser.parse_args()
     names = args.models or [n for n in models.list_models() if n.endswith("_mini")]
     print(json.dumps({"bench": "machine", "cpu": platform.processor() or platform.machine(),
                       "cores": os.cpu_count(), "device": jax.devices()[0].device_kind,
                       "jax": jax.__version__, "date": datetime.date.today().isoformat()}), flush=True)
     for name in names:
+        scan_impl = None if name.startswith("vit") else args.scan_impl
         print(json.dumps(bench(name, img_size=args.img_size, in_chans=args.in_chans, batch=args.batch,
-                               repeats=args.repeats)), flush=True)
+                               repeats=args.repeats, scan_impl=scan_impl, dtype=args.dtype,
+                               check_against=None if name.startswith("vit") else args.check_against)), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "vit_mini"
     config.model.overrides = ml_collections.ConfigDict(dict(patch_size=4))  # constructor arguments
     config.init_from = ""          # a model directory (save_pretrained / convert) or a training workdir
-    config.reduction = None        # a sarf_jax.reduction.Spec active in the training forward pass
+    config.reduction = "none"      # reduction active in training and eval, e.g. "sarf_tome:keep=0.6"
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "fashion_mnist"   # or tfds:<name>, imagefolder:<path>, synthetic

@@ -24,7 +24,7 @@ def write_reports(workdir) -> list[pathlib.Path]:
              "| weights | reduction | top-1 | top-5 | Δ top-1 | GFLOPs | images/s |",
              "|---|---|---|---|---|---|---|"]
     for e in entries:
-        drop = "" if e.get("top1_drop") is None else f"{-100 * e['top1_drop']:+.2f}"
+        drop = "" if e.get("top1_drop") is None else f"{0.0 - 100 * e['top1_drop']:+.2f}"
         lines.append(f"| {e['weights']} | {e['reduction']} | {100 * e['top1']:.2f} | {100 * e['top5']:.2f} | "
                      f"{drop} | {e['gflops']:.4f} | {e['images_per_s']:.0f} |")
     md_path.write_text("\n".join(lines) + "\n")

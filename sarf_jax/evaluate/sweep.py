@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -18,44 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
 from sarf_jax import reduction as reduction_lib
 from sarf_jax.evaluate.flops import model_gflops
 from sarf_jax.evaluate.timing import median_seconds
 
 RESULTS_FILE = "results.json"
-
-
-def parse_reduction(text: str) -> reduction_lib.Spec | None:
-    """'none' -> None; 'METHOD:SCHEDULE[:window=W][:merge=M]' -> Spec (e.g. 'sarf_tome:keep=0.6')."""
-    method, _, rest = text.partition(":")
-    if method == "none":
-        if rest:
-            raise ValueError(f"--reduction {text!r}: 'none' takes no schedule")
-        return None
-    options = {}
-    schedule = None
-    for part in rest.split(":") if rest else []:
-        key, sep, value = part.partition("=")
-        if key in ("window", "merge", "tome_prune") and sep:
-            options[key] = {"window": int, "merge": str, "tome_prune": lambda v: v.lower() == "true"}[key](value)
-        elif schedule is None:
-            schedule = part
-        else:
-            raise ValueError(f"--reduction {text!r}: expected METHOD:SCHEDULE[:window=W][:merge=M]")
-    return reduction_lib.Spec(method, schedule, **options)
-
-
-def spec_label(spec) -> str:
-    """A stable, readable key for a spec: 'none', 'sarf_tome:keep=0.6', 'tome:hybrid_2p1', ..."""
-    if spec is None:
-        return "none"
-    schedule = spec.schedule
-    name = getattr(schedule, "name", None) or (schedule if isinstance(schedule, str) else repr(schedule))
-    extras = [f"window={spec.window}"] if spec.window != 5 else []
-    extras += [f"merge={spec.merge}"] if spec.merge != "sum" else []
-    extras += [f"tome_prune={spec.tome_prune}"] if spec.tome_prune is not None else []
-    return ":".join([spec.method] + ([name] if schedule is not None else []) + extras)
 
 
 def accuracy(model, batches: Iterable[dict], spec, *, preprocess=None,
@@ -128,11 +98,12 @@ class SweepResults:
 
 
 def run_sweep(models_by_weights: dict, specs, batches_fn, *, workdir, img_size: int, in_chans: int,
-              batch_size: int, preprocess=None, log=print) -> SweepResults:
+              batch_size: int, preprocess=None, log=print, progress: bool = False) -> SweepResults:
     """Evaluate every (weights, spec); skip entries already in workdir/results.json.
 
     models_by_weights: {"raw": model, "ema": model}; batches_fn() -> a fresh iterable of batches.
     Every spec is checked (its schedule resolved against each model) before anything runs.
+    progress: a tqdm bar over the entries on stderr (log lines are written above it).
     """
     for model in models_by_weights.values():
         for spec in specs:
@@ -140,13 +111,15 @@ def run_sweep(models_by_weights: dict, specs, batches_fn, *, workdir, img_size: 
     device = jax.devices()[0]
     results = SweepResults.open(workdir, {"device": f"{device.platform}:{device.device_kind}",
                                           "batch_size": batch_size, "img_size": img_size})
-    todo = [(w, s) for w in models_by_weights for s in specs if not results.find(w, spec_label(s))]
+    todo = [(w, s) for w in models_by_weights for s in specs if not results.find(w, reduction_lib.spec_label(s))]
     done = len(models_by_weights) * len(specs) - len(todo)
     if done:
         log(f"resuming: {done} finished entries kept, {len(todo)} to run")
+    bar = tqdm(total=len(todo), unit="entry", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for index, (weights, spec) in enumerate(todo):
         model = models_by_weights[weights]
-        label = spec_label(spec)
+        label = reduction_lib.spec_label(spec)
+        bar.set_description(f"{weights} {label}")
         start = time.perf_counter()
         scores = accuracy(model, batches_fn(), spec, preprocess=preprocess)
         entry = {
@@ -156,9 +129,12 @@ def run_sweep(models_by_weights: dict, specs, batches_fn, *, workdir, img_size: 
                                               in_chans=in_chans),
         }
         results.add(entry, complete=False)
-        log(f"[{done + index + 1}/{done + len(todo)}] {weights} {label}: top1 {entry['top1']:.4f} "
+        (bar.write if progress else log)(
+            f"[{done + index + 1}/{done + len(todo)}] {weights} {label}: top1 {entry['top1']:.4f} "
             f"top5 {entry['top5']:.4f} {entry['gflops']:.4f} GFLOPs {entry['images_per_s']:.0f} img/s "
             f"({time.perf_counter() - start:.0f} s)")
+        bar.update(1)
+    bar.close()
     for entry in results.entries:  # drop vs the dense model of the same weights
         dense = results.find(entry["weights"], "none")
         entry["top1_drop"] = None if dense is None else dense["top1"] - entry["top1"]

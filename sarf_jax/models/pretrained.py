@@ -85,6 +85,9 @@ def load_pretrained(directory, *, rngs: nnx.Rngs | None = None, step: int | None
     graphdef, stored, rest = nnx.split(model, (nnx.Param, nnx.BatchStat), ...)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stored)
     with ocp.StandardCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(directory / STATE_DIR)
+        metadata = getattr(metadata, "item_metadata", metadata)
+        _check_fits(getattr(metadata, "tree", metadata), stored, directory)
         restored = checkpointer.restore(directory / STATE_DIR, target)
     return nnx.merge(graphdef, restored, rest), info
 
@@ -102,9 +105,28 @@ def _load_training_checkpoint(directory: pathlib.Path, model: nnx.Module, step: 
         has_ema = "ema" in manager.item_metadata(step).state.tree
         if weights == "ema" and not has_ema:
             raise ValueError(f"load_pretrained: {directory} was trained without EMA (config.ema_decay = 0)")
+        _check_fits(manager.item_metadata(step).state.tree[weights], params, directory)
         target = {weights: abstract(params)}
         if jax.tree.leaves(model_state):
             target["model_state"] = abstract(model_state)
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(target, partial_restore=True))).state
     return nnx.merge(graphdef, restored[weights], rng_state, restored.get("model_state", model_state))
+
+
+def _check_fits(stored_tree, expected_tree, directory) -> None:
+    """A clear error when the stored weights are not those of the model that model.json describes."""
+    def shapes(tree):
+        name = lambda key: str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key))))
+        return {"/".join(map(name, path)): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+    stored, expected = shapes(stored_tree), shapes(expected_tree)
+    if stored == expected:
+        return
+    missing, extra = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
+    differ = [f"{k}: stored {stored[k]}, expected {expected[k]}" for k in sorted(expected.keys() & stored.keys())
+              if stored[k] != expected[k]]
+    detail = (differ[:1] or [f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"])[0]
+    raise ValueError(f"load_pretrained: the weights in {directory} do not fit the model that its {MODEL_FILE} "
+                     f"describes ({len(differ)} shapes differ, {len(missing)} missing, {len(extra)} unexpected; "
+                     f"e.g. {detail})")

@@ -5,6 +5,7 @@
     plan = reduction.Reducer("sarf_tome").plan(x, (12, 12))                  # plan once ...
     x, branch = plan(x), plan(branch)                                        # ... apply to both
     spec = reduction.Spec("sarf_tome", "hybrid_2p1")                          # a model setting
+    spec = reduction.parse_spec("sarf_tome:hybrid_2p1")                       # the same, as text
     reduction.schedules.trace(spec.schedule, (2, 2, 15, 2), (56, 56))        # grids per block
 """
 
@@ -13,10 +14,10 @@ from sarf_jax.reduction.baselines import quartermap_downsample, quartermap_upsam
 from sarf_jax.reduction.describe import describe
 from sarf_jax.reduction.methods import METHODS, METRIC_SOURCE, TOME_PRUNE_BY_FAMILY, check_target
 from sarf_jax.reduction.plans import GatherPlan, MergePlan, Plan, ScatterPlan
-from sarf_jax.reduction.spec import MERGES, Reducer, Spec, reduce_grid
+from sarf_jax.reduction.spec import MERGES, Reducer, Spec, parse_spec, reduce_grid, spec_label
 
 __all__ = [
     "METHODS", "MERGES", "METRIC_SOURCE", "TOME_PRUNE_BY_FAMILY", "GatherPlan", "MergePlan", "Plan",
     "Reducer", "ScatterPlan", "Spec", "baselines", "check_target", "describe", "placement", "plans", "quartermap_downsample",
-    "quartermap_upsample", "reduce_grid", "sarf", "schedules",
+    "quartermap_upsample", "parse_spec", "reduce_grid", "sarf", "schedules", "spec_label",
 ]

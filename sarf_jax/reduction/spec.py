@@ -150,3 +150,41 @@ class Spec:
             raise ValueError(f"family: expected one of {', '.join(TOME_PRUNE_BY_FAMILY)}, got {family!r}")
         prune = TOME_PRUNE_BY_FAMILY[family] if self.tome_prune is None else self.tome_prune
         return Reducer(self.method, window=self.window, merge=self.merge, tome_prune=prune)
+
+
+def parse_spec(text) -> Spec | None:
+    """'none' (or '' / None) -> None; 'METHOD:SCHEDULE[:window=W][:merge=M]' -> Spec (e.g.
+    'sarf_tome:keep=0.6'); a Spec is returned as it is. The text form of eval.py and config.reduction."""
+    if text is None or isinstance(text, Spec):
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f"reduction {text!r}: expected a Spec or a string like 'sarf_tome:keep=0.6'")
+    text = text.strip()
+    method, _, rest = text.partition(":")
+    if method in ("none", ""):
+        if rest:
+            raise ValueError(f"reduction {text!r}: 'none' takes no schedule")
+        return None
+    options = {}
+    schedule = None
+    for part in rest.split(":") if rest else []:
+        key, sep, value = part.partition("=")
+        if key in ("window", "merge", "tome_prune") and sep:
+            options[key] = {"window": int, "merge": str, "tome_prune": lambda v: v.lower() == "true"}[key](value)
+        elif schedule is None:
+            schedule = part
+        else:
+            raise ValueError(f"reduction {text!r}: expected METHOD:SCHEDULE[:window=W][:merge=M]")
+    return Spec(method, schedule, **options)
+
+
+def spec_label(spec) -> str:
+    """A stable, readable key for a spec: 'none', 'sarf_tome:keep=0.6', 'tome:hybrid_2p1', ..."""
+    if spec is None:
+        return "none"
+    schedule = spec.schedule
+    name = getattr(schedule, "name", None) or (schedule if isinstance(schedule, str) else repr(schedule))
+    extras = [f"window={spec.window}"] if spec.window != 5 else []
+    extras += [f"merge={spec.merge}"] if spec.merge != "sum" else []
+    extras += [f"tome_prune={spec.tome_prune}"] if spec.tome_prune is not None else []
+    return ":".join([spec.method] + ([name] if schedule is not None else []) + extras)

@@ -19,9 +19,11 @@ import json
 import jax
 import numpy as np
 from etils import epath
+from flax import nnx
 
 from sarf_jax import data as data_lib
 from sarf_jax import parallel
+from sarf_jax import reduction as reduction_lib
 from sarf_jax.models import pretrained
 from sarf_jax.train import config as config_lib
 from sarf_jax.train import optimizer as optimizer_lib
@@ -67,9 +69,13 @@ def prepare(config, devices=None):
     spec = ModelSpec(config.model.name, int(train_source.num_classes), config.data.image_size, in_chans,
                      config.model.overrides.to_dict())
     try:
-        jax.eval_shape(lambda: spec.build(seed=config.seed, dtype=config.dtype) and None)
+        model = nnx.eval_shape(lambda: spec.build(seed=config.seed, dtype=config.dtype))
     except (TypeError, ValueError) as error:
         raise ValueError(f"config.model ({config.model.name!r} with overrides {spec.overrides}): {error}") from error
+    try:
+        model.reduction_sites(reduction_lib.parse_spec(config.reduction))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"config.reduction={config.reduction!r}: {error}") from error
     if config.init_from and not epath.Path(config.init_from, "model.json").exists():
         raise ValueError(f"config.init_from={config.init_from!r} has no model.json (expected a model "
                          "directory from save_pretrained / sarf_jax.convert, or a training workdir)")

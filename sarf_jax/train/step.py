@@ -21,6 +21,7 @@ from flax import nnx
 
 from sarf_jax.data import mixup_cutmix
 from sarf_jax.parallel import path_string
+from sarf_jax.reduction import parse_spec
 from sarf_jax.train.state import split_model
 
 
@@ -36,8 +37,10 @@ def _reseed_policy(path, key, shape):
 
 def apply_model(setup, params, model_state, images, *, train: bool, key=None, reduction=None):
     """(logits float32, new model_state)."""
-    rng_state = jax.tree.map(lambda x: x, setup.rng_state)  # fresh Variables owned by this trace
-    model = nnx.merge(setup.graphdef, params, rng_state, model_state)
+    # Fresh Variables owned by this trace: the model mutates its RNG counts and BatchNorm statistics,
+    # and nnx refuses to mutate Variables made at an outer trace level (jit around grad).
+    fresh = lambda tree: jax.tree.map(lambda x: x, tree)
+    model = nnx.merge(setup.graphdef, params, fresh(setup.rng_state), fresh(model_state))
     if key is not None:
         nnx.reseed(model, dropout=key, policy=_reseed_policy)
     logits = model(images, reduction=reduction, train=train)
@@ -50,10 +53,11 @@ def make_train_step(setup, config, tx: optax.GradientTransformation, schedule, *
     accum = config.grad_accum_steps
     base_key = jax.random.key(config.seed)
     data = config.data
+    reduction = parse_spec(config.reduction)
 
     def loss_fn(params, model_state, images, targets, key):
         logits, model_state = apply_model(setup, params, model_state, images, train=True, key=key,
-                                          reduction=config.reduction)
+                                          reduction=reduction)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
         return loss, (logits, model_state)
 
@@ -114,9 +118,11 @@ def make_train_step(setup, config, tx: optax.GradientTransformation, schedule, *
 def make_eval_step(setup, config, *, mean, std, batch_sharding):
     """jitted (params, model_state, batch) -> summed {correct, correct_top5, loss, count}."""
 
+    reduction = parse_spec(config.reduction)
+
     def eval_step(params, model_state, batch):
         logits, _ = apply_model(setup, params, model_state, normalize(batch["image"], mean, std),
-                                train=False, reduction=config.reduction)
+                                train=False, reduction=reduction)
         labels, mask = batch["label"], batch["mask"]
         top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)

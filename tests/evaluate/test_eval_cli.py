@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -54,3 +55,30 @@ def test_eval_errors_are_clear_and_write_nothing(tmp_path, trained_workdir):
     bad = run("eval.py", f"--workdir={trained_workdir}", "--reduction=sarf_tome:hybrid_9p9")
     assert bad.returncode == 1 and "schedule: unknown name 'hybrid_9p9'" in bad.stderr
     assert list(tmp_path.iterdir()) == []
+
+    mismatch = tmp_path / "mismatch"  # model.json names a model the checkpoint's weights do not fit
+    shutil.copytree(trained_workdir, mismatch, ignore=shutil.ignore_patterns("results*", "*.png"))
+    info = json.loads((mismatch / "model.json").read_text())
+    (mismatch / "model.json").write_text(json.dumps({**info, "overrides": {**info["overrides"], "depth": 2}}))
+    wrong = run("eval.py", f"--workdir={mismatch}")
+    assert wrong.returncode == 1 and "do not fit the model that its model.json describes" in wrong.stderr
+    assert not (mismatch / "results.json").exists()
+
+
+def test_a_model_directory_without_training_config_is_evaluated_at_its_own_image_size(tmp_path):
+    """What `python -m sarf_jax.convert` writes (model.json + weights, no config.json)."""
+    from flax import nnx
+
+    from sarf_jax import models
+    from sarf_jax.models.pretrained import save_pretrained
+
+    kwargs = dict(num_classes=10, img_size=20, in_chans=1)
+    model = models.create("vim_mini", rngs=nnx.Rngs(0), depth=2, **kwargs)
+    save_pretrained(tmp_path / "converted", model, name="vim_mini", overrides={"depth": 2}, **kwargs)
+    result = run("eval.py", f"--workdir={tmp_path / 'converted'}", "--data=synthetic", "--batch_size=64",
+                 "--reduction=sarf_tome:keep=0.7,sites=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((tmp_path / "converted" / "results.json").read_text())
+    assert results["complete"] and results["meta"]["img_size"] == 20
+    assert {e["reduction"] for e in results["entries"]} == {"none", "sarf_tome:keep=0.7,sites=1"}
+    assert all(e["examples"] == 256 for e in results["entries"])  # the whole synthetic test split

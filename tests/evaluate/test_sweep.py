@@ -10,16 +10,16 @@ from sarf_jax import models, reduction
 from sarf_jax.evaluate import flops, report, sweep
 
 
-def test_parse_reduction_reads_method_schedule_and_options():
-    assert sweep.parse_reduction("none") is None
-    spec = sweep.parse_reduction("sarf_tome:keep=0.6:window=3:merge=mean")
+def test_parse_spec_reads_method_schedule_and_options():
+    assert reduction.parse_spec("none") is None
+    spec = reduction.parse_spec("sarf_tome:keep=0.6:window=3:merge=mean")
     assert spec == reduction.Spec("sarf_tome", "keep=0.6", window=3, merge="mean")
-    assert sweep.spec_label(spec) == "sarf_tome:keep=0.6:window=3:merge=mean"
-    assert sweep.spec_label(sweep.parse_reduction("tome:hybrid_2p1")) == "tome:hybrid_2p1"
+    assert reduction.spec_label(spec) == "sarf_tome:keep=0.6:window=3:merge=mean"
+    assert reduction.spec_label(reduction.parse_spec("tome:hybrid_2p1")) == "tome:hybrid_2p1"
     with pytest.raises(ValueError, match=r"method: unknown 'magic'"):
-        sweep.parse_reduction("magic:keep=0.5")
+        reduction.parse_spec("magic:keep=0.5")
     with pytest.raises(ValueError, match=r"schedule: unknown name 'hybrid_9p9'"):
-        sweep.parse_reduction("sarf_tome:hybrid_9p9")
+        reduction.parse_spec("sarf_tome:hybrid_9p9")
 
 
 def test_sweep_evaluates_each_entry_once_resumes_and_reports(tmp_path, monkeypatch):
@@ -27,7 +27,7 @@ def test_sweep_evaluates_each_entry_once_resumes_and_reports(tmp_path, monkeypat
     rng = np.random.default_rng(0)
     data = [{"image": rng.standard_normal((8, 28, 28, 1)).astype(np.float32), "label": rng.integers(0, 10, 8)}
             for _ in range(2)]
-    specs = [None, sweep.parse_reduction("sarf_tome:keep=0.8,sites=1"), sweep.parse_reduction("sarf_tome:keep=0.5,sites=1")]
+    specs = [None, reduction.parse_spec("sarf_tome:keep=0.8,sites=1"), reduction.parse_spec("sarf_tome:keep=0.5,sites=1")]
     kwargs = dict(workdir=tmp_path, img_size=28, in_chans=1, batch_size=8, log=lambda *a: None)
 
     results = sweep.run_sweep({"raw": model}, specs[:2], lambda: iter(data), **kwargs)
@@ -42,7 +42,7 @@ def test_sweep_evaluates_each_entry_once_resumes_and_reports(tmp_path, monkeypat
     monkeypatch.setattr(sweep, "accuracy", lambda *a, **k: evaluated.append(a[2]) or original(*a, **k))
     results = sweep.run_sweep({"raw": model}, specs, lambda: iter(data), **kwargs)
     assert evaluated == [specs[2]]  # the two finished entries were not recomputed
-    gflops = [results.find("raw", sweep.spec_label(s))["gflops"] for s in specs]
+    gflops = [results.find("raw", reduction.spec_label(s))["gflops"] for s in specs]
     assert gflops[0] > gflops[1] > gflops[2]
 
     paths = report.write_reports(tmp_path)

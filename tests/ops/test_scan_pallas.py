@@ -207,12 +207,13 @@ def test_gpu_kernel_lowers_for_cuda_at_layer_shapes(layer, backward):
 # Dispatch and fallback.
 
 
-def test_pallas_resolves_to_the_kernel_of_the_platform_and_auto_stays_chunked():
+def test_pallas_resolves_to_the_kernel_of_the_platform_and_auto_to_the_measured_best():
     assert resolve_impl("pallas", "tpu") == "pallas_tpu"
     assert resolve_impl("pallas", "gpu") == "pallas_gpu"
     assert resolve_impl("pallas", "cpu") == "pallas_tpu"  # interpret mode
-    for platform in ("cpu", "gpu", "tpu"):
-        assert resolve_impl("auto", platform) == "chunked"  # until validated on hardware
+    assert resolve_impl("auto", "gpu") == "pallas_gpu"  # compiled and timed on an H100
+    for platform in ("cpu", "tpu"):
+        assert resolve_impl("auto", platform) == "chunked"  # the TPU kernel is not yet timed on a TPU
     assert resolve_impl("pallas_gpu", "tpu") == "pallas_gpu"
 
 

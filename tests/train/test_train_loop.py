@@ -5,6 +5,7 @@ import json
 import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -124,13 +125,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference, tmp_path, monk
     ("mesh.data", 2, r"config.mesh .* needs a multiple of 2 devices, but 1 are available"),
     ("data.dir", "/nonexistent/fmnist", r"config.data.dir='/nonexistent/fmnist' has no train-images-idx3-ubyte"),
     ("model.name", "vim_nope", r"unknown model 'vim_nope'"),
+    ("reduction", "sarf_tome:hybrid_2p1", r"config.reduction='sarf_tome:hybrid_2p1': schedule 'hybrid_2p1' exists"),
+    ("reduction", "sarf_tome:keep=0.5", r"config.reduction='sarf_tome:keep=0.5': schedule: sites=0 but"),
 ])
 def test_bad_config_raises_one_clear_error_and_writes_nothing(tmp_path, field, value, message):
     config = tiny_config()
     if field == "data.dir":
         config.data.name = "fashion_mnist"
-    section, key = field.split(".")
-    config[section][key] = value
+    *section, key = field.split(".")
+    (config[section[0]] if section else config)[key] = value
     workdir = tmp_path / "workdir"
     with pytest.raises(ValueError, match=message):
         loop.train_and_evaluate(config, workdir)
@@ -146,3 +149,29 @@ def test_init_from_loads_the_given_weights(reference):
     state = load_initial_params(state, setup, str(reference[0]))
     assert_trees_equal(jax.tree.map(np.asarray, state["params"]), params_of(reference[0]))
     assert_trees_equal(jax.tree.map(np.asarray, state["ema"]), params_of(reference[0]))
+
+
+def test_config_reduction_is_active_in_the_training_forward_pass(tmp_path):
+    """Same init, same first batch: the first step's loss changes when a reduction is on."""
+    losses = {}
+    for reduction in ("none", "sarf_tome:keep=0.5,sites=1"):
+        config = tiny_config()
+        config.model.overrides.depth = 3  # block 1 reduces, block 2 (and the class token) sees it
+        config.total_steps, config.reduction, config.ema_decay = 1, reduction, 0.0
+        loop.train_and_evaluate(config, tmp_path / reduction)
+        lines = (tmp_path / reduction / "metrics.jsonl").read_text().splitlines()
+        losses[reduction] = next(json.loads(l)["loss"] for l in lines if json.loads(l).get("split") == "train")
+    assert np.isfinite(list(losses.values())).all()
+    assert losses["none"] != losses["sarf_tome:keep=0.5,sites=1"]
+
+
+def test_batch_norm_statistics_train_under_jit_and_grad(tmp_path):
+    """PlainMamba's stem has BatchNorm: its running statistics are mutated inside the train step."""
+    config = tiny_config("plainmamba_mini")
+    config.model.overrides = ml_collections.ConfigDict(dict(depth=1, embed_dim=16, patch_size=4, stem_channels=8))
+    config.total_steps, config.checkpoint_every = 2, 2
+    loop.train_and_evaluate(config, tmp_path)
+    model, _ = pretrained.load_pretrained(tmp_path)
+    means = [np.asarray(v) for path, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)) if path[-1] == "mean"]
+    assert means and all(np.isfinite(m).all() for m in means)
+    assert any(np.abs(m).max() > 0 for m in means)  # initialised at zero, updated by the two steps

@@ -1,0 +1,28 @@
+"""The sweeps shipped in configs/sweeps/ parse, and every schedule resolves on the models they are for."""
+
+import importlib
+
+import pytest
+from flax import nnx
+
+from sarf_jax import models, reduction
+
+SWEEP_MODELS = {
+    "vmamba_paper": [("vmamba_tiny", 224, 3), ("vmamba_base", 224, 3)],
+    "plainmamba_paper": [("plainmamba_l3", 224, 3)],
+    "mini": [(name, 28, 1) for name in ("vmamba_mini", "plainmamba_mini", "vim_mini", "vit_mini")],
+}
+
+
+@pytest.mark.parametrize("sweep", sorted(SWEEP_MODELS))
+def test_sweep_specs_resolve_on_their_models_and_cover_the_paper_methods(sweep):
+    texts = importlib.import_module(f"configs.sweeps.{sweep}").get_config().reductions
+    specs = [reduction.parse_spec(text) for text in texts]
+    assert specs[0] is None and len(set(texts)) == len(texts)
+    assert {"sarf_tome", "sarf_evit", "evit", "tome"} <= {s.method for s in specs[1:]}
+    for name, img_size, in_chans in SWEEP_MODELS[sweep]:
+        model = nnx.eval_shape(lambda: models.create(name, num_classes=10, img_size=img_size, in_chans=in_chans,
+                                                     rngs=nnx.Rngs(0)))
+        for spec in specs[1:]:
+            sites = model.reduction_sites(spec)
+            assert any(site.out_hw != site.in_hw for site in sites), (name, reduction.spec_label(spec))

@@ -1,0 +1,218 @@
+r"""`make reproduce`: the paper's experiment at Fashion-MNIST scale, on this machine, end to end.
+
+1. Train vmamba_mini, plainmamba_mini, vim_mini and vit_mini densely (no reduction) on
+   Fashion-MNIST, 14x14 token grids (patch 2), `--steps` steps of batch 64 each (train.py).
+2. Run the keep-ratio sweep (configs/sweeps/mini.py) on each, training-free, EMA weights (eval.py).
+3. Beyond the paper: continue the `--finetune-model` run for `--finetune-steps` with
+   `--finetune-reduction` active, and, as the control, for as many steps with no reduction (more
+   training alone also moves accuracy); sweep both again.
+4. Collect everything into OUT/reproduce.json, OUT/reproduce.md (tables) and
+   OUT/accuracy_vs_gflops.png (one panel per backbone), with the date, machine and timings.
+
+Every step is the user-facing command, printed before it runs; a rerun resumes (train.py restarts
+from its checkpoints, eval.py skips finished entries).
+
+    python tools/reproduce.py [--workdir runs/reproduce] [--out results] [--data-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODELS = ("vmamba_mini", "plainmamba_mini", "vim_mini", "vit_mini")
+METHODS = ("evit", "tome", "sarf_evit", "sarf_tome")  # table columns, the paper's order
+
+
+def run(command: list[str]) -> float:
+    """Run one command from the repository root, streaming its output; return its wall seconds."""
+    print("\n$ " + " ".join(shlex.quote(c) for c in command), flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True)
+    return time.perf_counter() - start
+
+
+def train_command(args, name: str, workdir: pathlib.Path, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "train.py", "--config", "configs/default.py", "--workdir", str(workdir),
+            f"--config.model.name={name}", "--config.model.overrides.patch_size=2",
+            f"--config.total_steps={steps}", f"--config.data.dir={args.data_dir}",
+            "--config.progress_bar=False", *extra]
+
+
+def eval_command(args, workdir: pathlib.Path, reductions: list[str] | None = None) -> list[str]:
+    """The sweep file, or (fine-tuned runs) only the listed reductions."""
+    chosen = ["--sweep", args.sweep] if reductions is None else [f"--reduction={r}" for r in reductions]
+    return [sys.executable, "eval.py", "--workdir", str(workdir), *chosen, "--weights", "ema"]
+
+
+def final_metrics(workdir: pathlib.Path) -> dict:
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return next(line for line in reversed(lines) if line.get("split") == "final")
+
+
+def collect_run(workdir: pathlib.Path) -> dict:
+    results = json.loads((workdir / "results.json").read_text())
+    if not results.get("complete"):
+        raise RuntimeError(f"{workdir}/results.json is incomplete")
+    return {"train": final_metrics(workdir), "meta": results["meta"], "entries": results["entries"]}
+
+
+def by_schedule(entries: list[dict]) -> tuple[dict, dict]:
+    """(dense entry, {schedule: {method: entry}}) for one run's EMA entries."""
+    dense = next(e for e in entries if e["method"] == "none")
+    table: dict = {}
+    for entry in entries:
+        if entry["method"] != "none":
+            schedule = entry["reduction"].split(":", 1)[1]
+            table.setdefault(schedule, {})[entry["method"]] = entry
+    return dense, table
+
+
+def markdown(report: dict) -> str:
+    """Top-1 (%) per backbone and schedule, methods side by side at the same grids (matched GFLOPs)."""
+    lines = [f"Fashion-MNIST test set (10,000 images), EMA weights, {report['machine']}, {report['date']}.",
+             f"Dense training: {report['steps']} steps of batch 64; reductions applied training-free.", "",
+             "| backbone | schedule | GFLOPs (saving) | dense | " + " | ".join(METHODS) + " |",
+             "|---|---|---|---|" + "---|" * len(METHODS)]
+    for name, run_ in report["runs"].items():
+        dense, table = by_schedule(run_["entries"])
+        for schedule, row in table.items():
+            gflops = row.get("sarf_tome", next(iter(row.values())))["gflops"]
+            cells = [f"{100 * row[m]['top1']:.2f} ({0.0 - 100 * row[m]['top1_drop']:+.2f})" if m in row else "–"
+                     for m in METHODS]
+            lines.append(f"| {name} | {schedule} | {gflops:.4f} ({100 * (1 - gflops / dense['gflops']):.0f}%) | "
+                         f"{100 * dense['top1']:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "Speed (images/s, batch 250, forward only, same machine):", "",
+              "| backbone | schedule | dense | " + " | ".join(METHODS) + " |", "|---|---|---|" + "---|" * len(METHODS)]
+    for name, run_ in report["runs"].items():
+        dense, table = by_schedule(run_["entries"])
+        for schedule, row in table.items():
+            cells = [f"{row[m]['images_per_s']:.0f}" if m in row else "–" for m in METHODS]
+            lines.append(f"| {name} | {schedule} | {dense['images_per_s']:.0f} | " + " | ".join(cells) + " |")
+    lines += ["", "Phase timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings_s"].items()),
+              f"Total: {report['total_s'] / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    figure, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.8), squeeze=False)
+    for axis, (name, run_) in zip(axes[0], runs.items()):
+        dense, table = by_schedule(run_["entries"])
+        for method in METHODS:
+            points = sorted((row[method]["gflops"] * 1e3, 100 * row[method]["top1"])
+                            for row in table.values() if method in row)
+            if points:
+                axis.plot(*zip(*points), marker="o", label=method)
+        axis.scatter([dense["gflops"] * 1e3], [100 * dense["top1"]], marker="*", s=180, color="black",
+                     zorder=5, label="dense")
+        axis.set_title(name)
+        axis.set_xlabel("MFLOPs per image")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("top-1 (%), Fashion-MNIST test")
+    axes[0][-1].legend(fontsize=8)
+    figure.suptitle(f"Training-free token reduction ({report['machine']}, {report['date']})", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 platform.machine()) if os.path.exists("/proc/cpuinfo") else platform.machine()
+    return f"{os.cpu_count()}-core {model}, CPU only"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", default="runs/reproduce")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--sweep", default="configs/sweeps/mini.py")
+    parser.add_argument("--finetune-model", default="vmamba_mini", help="'' skips fine-tuning")
+    parser.add_argument("--finetune-steps", type=int, default=200)
+    parser.add_argument("--finetune-reduction", default="sarf_tome:keep=0.35,sites=2")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the .md and .png from OUT/reproduce.json")
+    args = parser.parse_args()
+    out = ROOT / args.out
+    if args.report_only:
+        write_report(json.loads((out / "reproduce.json").read_text()), out)
+        return
+    if args.steps < 1 or args.finetune_steps < 1:
+        parser.error("--steps and --finetune-steps must be positive")
+    if args.finetune_model and args.finetune_model not in args.models:
+        parser.error(f"--finetune-model {args.finetune_model!r} must be one of --models {args.models}")
+    workdir = pathlib.Path(args.workdir)
+    start = time.perf_counter()
+    timings, runs = {}, {}
+    for name in args.models:
+        timings[f"train {name}"] = run(train_command(args, name, workdir / name, args.steps))
+        timings[f"sweep {name}"] = run(eval_command(args, workdir / name))
+        runs[name] = collect_run(ROOT / workdir / name)
+    finetune = {}
+    if args.finetune_model:
+        name = args.finetune_model
+        for label, reduction in (("dense", "none"), ("sarf", args.finetune_reduction)):
+            target = workdir / f"{name}_finetune_{label}"
+            timings[f"finetune {label}"] = run(train_command(
+                args, name, target, args.finetune_steps, f"--config.init_from={workdir / name}",
+                f"--config.reduction={reduction}", "--config.optimizer.lr=5e-4",
+                "--config.optimizer.warmup_steps=20"))
+            sarf_tome = [e["reduction"] for e in runs[name]["entries"] if e["method"] == "sarf_tome"]
+            timings[f"sweep finetune {label}"] = run(eval_command(args, target, ["none", *sarf_tome]))
+            finetune[label] = {"reduction": reduction, **collect_run(ROOT / target)}
+    report = {"date": datetime.date.today().isoformat(), "machine": machine(), "steps": args.steps,
+              "command": "make reproduce", "sweep": args.sweep, "timings_s": timings,
+              "total_s": time.perf_counter() - start, "runs": runs,
+              "finetune": {"model": args.finetune_model, "steps": args.finetune_steps, **finetune}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reproduce.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_report(report, out)
+    print(f"wrote {out}/reproduce.json, reproduce.md, accuracy_vs_gflops.png in {report['total_s'] / 60:.1f} min")
+
+
+def write_report(report: dict, out: pathlib.Path) -> None:
+    (out / "reproduce.md").write_text(markdown(report) + finetune_markdown(report))
+    plot(report, out / "accuracy_vs_gflops.png")
+    print((out / "reproduce.md").read_text())
+
+
+def finetune_markdown(report: dict) -> str:
+    """How much of the gap to dense does training with SARF active close, against a dense control."""
+    finetune = report["finetune"]
+    if "sarf" not in finetune:
+        return ""
+    name = finetune["model"]
+    schedules = list(by_schedule(report["runs"][name]["entries"])[1])
+    lines = ["", f"Reduction-aware fine-tuning of {name}: {finetune['steps']} more steps from the dense run, "
+             f"with `{finetune['sarf']['reduction']}` active (SARF) or no reduction (control); top-1 (%) "
+             "with no reduction and with sarf_tome at each schedule:", "",
+             "| weights | dense | " + " | ".join(f"sarf_tome {s}" for s in schedules) + " |",
+             "|---|---|" + "---|" * len(schedules)]
+    for label, entries in (("dense-trained", report["runs"][name]["entries"]),
+                           ("+ dense control", finetune["dense"]["entries"]),
+                           ("+ SARF fine-tuned", finetune["sarf"]["entries"])):
+        dense, table = by_schedule(entries)
+        lines.append(f"| {label} | {100 * dense['top1']:.2f} | " + " | ".join(
+            f"{100 * table[s]['sarf_tome']['top1']:.2f}" for s in schedules) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
