@@ -5,11 +5,13 @@ jitted forward pass and of a forward+backward (SGD-free gradient) step, medians 
 
     .venv/bin/python benchmarks/models.py                       # every *_mini at 28x28x1, batch 64
     .venv/bin/python benchmarks/models.py --models vim_tiny --img-size 224 --in-chans 3 --batch 8
+    .venv/bin/python benchmarks/models.py --models vmamba_mini --override 'depths=(2,)'   # stage 0 only
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import json
 import os
@@ -27,9 +29,10 @@ from sarf_jax.evaluate.timing import median_seconds
 
 
 def bench(name: str, *, img_size: int, in_chans: int, batch: int, repeats: int, scan_impl=None,
-          dtype: str = "float32", check_against=None) -> dict:
+          dtype: str = "float32", check_against=None, overrides=None) -> dict:
     make = lambda impl: models.create(name, num_classes=10, img_size=img_size, in_chans=in_chans, rngs=nnx.Rngs(0),
-                                      dtype=jnp.dtype(dtype), **({"scan_impl": impl} if impl else {}))
+                                      dtype=jnp.dtype(dtype), **({"scan_impl": impl} if impl else {}),
+                                      **(overrides or {}))
     model = make(scan_impl)
     graphdef, state = nnx.split(model)
     images = jax.random.normal(jax.random.key(0), (batch, img_size, img_size, in_chans))
@@ -60,6 +63,7 @@ def bench(name: str, *, img_size: int, in_chans: int, batch: int, repeats: int, 
     return {
         "bench": "model", "model": name, "img_size": img_size, "in_chans": in_chans, "batch": batch,
         "scan_impl": scan_impl or "auto", "dtype": dtype,
+        "overrides": {key: repr(value) for key, value in (overrides or {}).items()},
         "params": parameter_count(model), "gflops": model_gflops(model, img_size, in_chans=in_chans),
         "compile_s": compile_s, "forward_images_per_s": batch / forward_s,
         "forward_backward_images_per_s": batch / grad_s, **agreement,
@@ -76,7 +80,15 @@ def main():
     parser.add_argument("--scan-impl", default=None, help="selective_scan impl of the SSMs (default: auto)")
     parser.add_argument("--dtype", default="float32", help="compute dtype, e.g. bfloat16 on accelerators")
     parser.add_argument("--check-against", default=None, help="also report the logit difference to this impl")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="constructor argument (Python literal), e.g. 'depths=(2,)'; repeatable")
     args = parser.parse_args()
+    overrides = {}
+    for text in args.override:
+        key, sep, value = text.partition("=")
+        if not sep:
+            parser.error(f"--override must look like KEY=VALUE, got {text!r}")
+        overrides[key] = ast.literal_eval(value)
     names = args.models or [n for n in models.list_models() if n.endswith("_mini")]
     print(json.dumps({"bench": "machine", "cpu": platform.processor() or platform.machine(),
                       "cores": os.cpu_count(), "device": jax.devices()[0].device_kind,
@@ -85,7 +97,8 @@ def main():
         scan_impl = None if name.startswith("vit") else args.scan_impl
         print(json.dumps(bench(name, img_size=args.img_size, in_chans=args.in_chans, batch=args.batch,
                                repeats=args.repeats, scan_impl=scan_impl, dtype=args.dtype,
-                               check_against=None if name.startswith("vit") else args.check_against)), flush=True)
+                               check_against=None if name.startswith("vit") else args.check_against,
+                               overrides=overrides)), flush=True)
 
 
 if __name__ == "__main__":

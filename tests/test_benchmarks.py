@@ -39,3 +39,16 @@ def test_accelerator_scan_benchmark_quick_run_prints_every_row():
     assert [row["impl"] for row in rows if row["bench"] == "scan_accel"] == ["pallas", "chunked", "reference"]
     summary = rows[-1]
     assert summary["bench"] == "summary" and summary["pallas_agrees_with_reference"]
+
+
+def test_models_benchmark_prints_a_row_per_model_with_its_overrides():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "models.py"), "--models", "vit_mini", "--batch", "2",
+         "--repeats", "1", "--override", "depth=1"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [row["bench"] for row in rows] == ["machine", "model"]
+    row = rows[1]
+    assert row["overrides"] == {"depth": "1"} and row["forward_images_per_s"] > 0
+    assert row["params"] < 213706  # vit_mini's four blocks, less three
