@@ -90,7 +90,7 @@ def main(argv):
         models = {}
         for name in weights:
             try:
-                models["raw" if name == "params" else "ema"], info = load_pretrained(workdir, weights=name)
+                models["raw" if name == "params" else "ema"], info = load_pretrained(workdir, weights=name, with_info=True)
             except ValueError as error:
                 if FLAGS.weights != "all" or name == "params" or "without EMA" not in str(error):
                     raise

@@ -60,8 +60,10 @@ def write_model_info(directory, *, name: str, num_classes: int, img_size: int, i
 
 
 def load_pretrained(directory, *, rngs: nnx.Rngs | None = None, step: int | None = None,
-                    weights: str = "params", **call_overrides):
-    """(model, info) from a directory written by save_pretrained, or from a training workdir.
+                    weights: str = "params", with_info: bool = False, **call_overrides):
+    """The model in a directory written by save_pretrained, or in a training workdir.
+
+    Returns the model, or `(model, info)` (info: the directory's model.json) with `with_info=True`.
 
     For a training workdir, `step` picks the checkpoint (default: the newest) and
     `weights="ema"` loads the EMA weights instead of the trained ones.
@@ -81,7 +83,8 @@ def load_pretrained(directory, *, rngs: nnx.Rngs | None = None, step: int | None
                    in_chans=info["in_chans"], rngs=rngs or nnx.Rngs(0),
                    **{**info["overrides"], **call_overrides})
     if not (directory / STATE_DIR).is_dir():
-        return _load_training_checkpoint(directory, model, step, weights), info
+        model = _load_training_checkpoint(directory, model, step, weights)
+        return (model, info) if with_info else model
     graphdef, stored, rest = nnx.split(model, (nnx.Param, nnx.BatchStat), ...)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stored)
     with ocp.StandardCheckpointer() as checkpointer:
@@ -89,7 +92,8 @@ def load_pretrained(directory, *, rngs: nnx.Rngs | None = None, step: int | None
         metadata = getattr(metadata, "item_metadata", metadata)
         _check_fits(getattr(metadata, "tree", metadata), stored, directory)
         restored = checkpointer.restore(directory / STATE_DIR, target)
-    return nnx.merge(graphdef, restored, rest), info
+    model = nnx.merge(graphdef, restored, rest)
+    return (model, info) if with_info else model
 
 
 def _load_training_checkpoint(directory: pathlib.Path, model: nnx.Module, step: int | None, weights: str):

@@ -76,7 +76,7 @@ def init_train_state(spec: ModelSpec, config, tx: optax.GradientTransformation, 
 
 def load_initial_params(state: dict, setup: Setup, directory: str) -> dict:
     """Replace params (and EMA) by the weights of a model directory or a training workdir."""
-    model, _ = pretrained.load_pretrained(directory)
+    model = pretrained.load_pretrained(directory)
     _, params, _, model_state = split_model(model)
     expected = jax.tree.map(lambda x: (x.shape, x.dtype), state["params"])
     found = jax.tree.map(lambda x: (x.shape, x.dtype), params)

@@ -33,7 +33,7 @@ def test_cli_converts_an_official_vim_checkpoint_to_the_same_logits(vim_checkpoi
     path, arrays = vim_checkpoint
     out = tmp_path / "converted"
     assert main(["--model", "vim_tiny", "--torch-checkpoint", str(path), "--out", str(out), *VIM_FIXTURE_SIZE]) == 0
-    model, info = load_pretrained(out)
+    model, info = load_pretrained(out, with_info=True)
     assert info["num_classes"] == 10 and info["source"]["weights"] == "model"
     assert len(info["source"]["sha256"]) == 64
     images = jnp.asarray(arrays["input"].transpose(0, 2, 3, 1))
@@ -44,7 +44,7 @@ def test_cli_ema_flag_reads_the_ema_weights(vim_checkpoint, tmp_path):
     path, arrays = vim_checkpoint
     out = tmp_path / "ema"
     assert main(["--model", "vim_tiny", "--torch-checkpoint", str(path), "--out", str(out), "--ema", *VIM_FIXTURE_SIZE]) == 0
-    model, info = load_pretrained(out)
+    model, info = load_pretrained(out, with_info=True)
     assert info["source"]["weights"] == "model_ema"
     np.testing.assert_allclose(model.head.bias[...], arrays["sd/head.bias"] + 1, atol=1e-6)
 

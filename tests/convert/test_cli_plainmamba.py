@@ -24,7 +24,7 @@ def test_cli_converts_an_mmcv_plainmamba_checkpoint_to_the_same_logits(tmp_path)
                 "state_dict": {**weights, **ema}, "optimizer": {"state": {}, "param_groups": []}}, path)
     out = tmp_path / "converted"
     assert main(["--model", "plainmamba_l1", "--torch-checkpoint", str(path), "--out", str(out), *FIXTURE_SIZE]) == 0
-    model, info = load_pretrained(out)
+    model, info = load_pretrained(out, with_info=True)
     assert info["num_classes"] == 10
     images = jnp.asarray(arrays["input"].transpose(0, 2, 3, 1))
     np.testing.assert_allclose(model(images), arrays["logits"], atol=1e-4, rtol=0)

@@ -20,7 +20,7 @@ from train_helpers import (  # noqa: F401 - fixtures
 
 
 def params_of(workdir, step=None, weights="params"):
-    model, _ = pretrained.load_pretrained(workdir, step=step, weights=weights)
+    model = pretrained.load_pretrained(workdir, step=step, weights=weights)
     return jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
 
 
@@ -171,7 +171,7 @@ def test_batch_norm_statistics_train_under_jit_and_grad(tmp_path):
     config.model.overrides = ml_collections.ConfigDict(dict(depth=1, embed_dim=16, patch_size=4, stem_channels=8))
     config.total_steps, config.checkpoint_every = 2, 2
     loop.train_and_evaluate(config, tmp_path)
-    model, _ = pretrained.load_pretrained(tmp_path)
+    model = pretrained.load_pretrained(tmp_path)
     means = [np.asarray(v) for path, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)) if path[-1] == "mean"]
     assert means and all(np.isfinite(m).all() for m in means)
     assert any(np.abs(m).max() > 0 for m in means)  # initialised at zero, updated by the two steps

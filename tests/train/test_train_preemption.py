@@ -20,8 +20,8 @@ RUN = ["--config.total_steps=120", "--config.checkpoint_every=20", "--config.kee
 
 
 def final_params(workdir):
-    model, _ = pretrained.load_pretrained(workdir, step=120)
-    ema, _ = pretrained.load_pretrained(workdir, step=120, weights="ema")
+    model = pretrained.load_pretrained(workdir, step=120)
+    ema = pretrained.load_pretrained(workdir, step=120, weights="ema")
     return [np.asarray(x) for x in jax.tree.leaves((nnx.state(model, nnx.Param), nnx.state(ema, nnx.Param)))]
 
 
