@@ -19,12 +19,10 @@ import sys
 from flax import nnx
 
 from sarf_jax import models
-from sarf_jax.convert.official import FAMILIES
+from sarf_jax.convert.official import FAMILIES, head_classes
 from sarf_jax.convert.state_dict import load_state_dict
 from sarf_jax.convert.torch_checkpoint import read_checkpoint, select_state_dict
 from sarf_jax.models.pretrained import save_pretrained
-
-HEAD_KEYS = ("head.weight", "head.fc.weight", "classifier.head.weight")
 
 
 def family_of(model_name: str) -> str:
@@ -57,17 +55,17 @@ def convert(model_name: str, checkpoint_path, out, *, ema: bool = False, img_siz
     """Convert and write; returns the model.json contents. Nothing is written on failure."""
     if model_name not in models.list_models():
         raise ValueError(f"--model: unknown model {model_name!r}; valid names: {', '.join(models.list_models())}")
-    adapter = FAMILIES[family_of(model_name)]
+    family = family_of(model_name)
+    adapter = FAMILIES[family]
     checkpoint_path = pathlib.Path(checkpoint_path)
     if not checkpoint_path.is_file():
         raise ValueError(f"--torch-checkpoint: no such file {checkpoint_path}")
     if pathlib.Path(out).exists():
         raise ValueError(f"--out: {out} already exists; choose a new directory")
     state_dict = select_state_dict(read_checkpoint(str(checkpoint_path)), ema=ema, source=str(checkpoint_path))
-    head = next((state_dict[k] for k in HEAD_KEYS if k in state_dict), None)
-    if head is None:
-        raise ValueError(f"{checkpoint_path}: no classifier head among {list(HEAD_KEYS)}")
-    num_classes = int(head.shape[0])
+    num_classes = head_classes(family, state_dict)
+    if num_classes is None:
+        raise ValueError(f"{checkpoint_path}: no classifier head ({adapter.HEAD_WEIGHT} after renaming)")
     overrides = dict(overrides or {})
     model = models.create(model_name, num_classes=num_classes, img_size=img_size, in_chans=in_chans,
                           rngs=nnx.Rngs(0), **overrides)

@@ -3,7 +3,7 @@
 `constructor_kwargs` are the keyword arguments of the official backbone constructor
 `PlainMamba(...)` (ChenhongyiYang/PlainMamba, mmcls/plain_mamba_dev/models/plain_mamba/
 plain_mamba.py), as the fixtures record them, plus one key of the classifier: `num_classes`
-(LinearClsHead's, 1000 when absent, as the released ImageNet checkpoints). `arch` ("L1", "L2",
+(LinearClsHead's; from_official reads it from head.fc.weight when absent). `arch` ("L1", "L2",
 "L3") takes the sizes from the official arch_zoo, as the official constructor does.
 
 State dicts are mmcls ImageClassifier checkpoints: `backbone.*` and `head.fc.*` keys. Keys without
@@ -16,6 +16,8 @@ from __future__ import annotations
 from flax import nnx
 
 from sarf_jax.models.plainmamba import PlainMamba
+
+HEAD_WEIGHT = "head.fc.weight"  # from_official reads num_classes from its rows when kwargs leave it out
 
 # plain_mamba.py `arch_zoo`: the sizes an `arch` name stands for.
 ARCH_ZOO = {

@@ -11,6 +11,8 @@ from flax import nnx
 
 from sarf_jax.models.vim import VisionMamba
 
+HEAD_WEIGHT = "head.weight"  # from_official reads num_classes from its rows when kwargs leave it out
+
 # Official flags that must have these values (the released models' settings).
 REQUIRED = {
     "rms_norm": True, "residual_in_fp32": True, "if_abs_pos_embed": True, "if_rope": False,

@@ -13,6 +13,8 @@ from flax import nnx
 
 from sarf_jax.models.vmamba import VMamba
 
+HEAD_WEIGHT = "classifier.head.weight"  # (renamed) from_official reads num_classes from its rows
+
 # VSSM.__init__'s defaults, for keys a config leaves out.
 VSSM_DEFAULTS = dict(
     patch_size=4, in_chans=3, num_classes=1000, depths=[2, 2, 9, 2], dims=[96, 192, 384, 768],

@@ -238,6 +238,16 @@ class PlainMamba(nnx.Module):
         self.ln1 = _layer_norm(embed_dim, final_norm_eps, dtype=dtype, rngs=rngs) if final_norm else None
         self.head = LinearClsHead(embed_dim, num_classes, dtype=dtype, rngs=rngs)
 
+    def resize_pos_embed(self, weights: nnx.State, grid: tuple[int, int]) -> nnx.State:
+        """`weights` (a state like this model's) stored for patch grid `grid`, with `pos_embed`
+        resized to this model's grid once, as `embed` would at every call for images of this size
+        (no class token)."""
+        if tuple(grid) == self.grid or self.pos_embed is None:
+            return weights
+        stored = weights["pos_embed"][...].reshape(1, *grid, self.embed_dim)
+        resized = resize_bicubic(stored, self.grid).reshape(1, -1, self.embed_dim)
+        return nnx.State({**weights, "pos_embed": weights["pos_embed"].replace(resized)})
+
     def embed(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         """Patch embedding plus (resized) position embedding: (B, H, W, C) -> (B, h, w, D)."""
         if images.ndim != 4 or images.shape[-1] != self.in_chans:

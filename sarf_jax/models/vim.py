@@ -26,6 +26,7 @@ from flax import nnx
 from sarf_jax.models.common import check_images, check_positive_ints, check_rate
 from sarf_jax.models.registry import register
 from sarf_jax.nn import DropPath, Mamba
+from sarf_jax.nn.pos_embed import resize_bicubic
 from sarf_jax.reduction import placement
 
 
@@ -101,6 +102,18 @@ class VisionMamba(nnx.Module):
     @property
     def cls_position(self) -> int:
         return self.num_patches // 2
+
+    def resize_pos_embed(self, weights: nnx.State, grid: tuple[int, int]) -> nnx.State:
+        """`weights` (a state like this model's) stored for patch grid `grid`, with `pos_embed` fitted
+        to this model's grid: the class token's entry (at h * w // 2) unchanged, moved to the new
+        middle; the patch entries resized with PyTorch's bicubic (align_corners=False). (Vim's
+        main.py --finetune keeps the first entry aside as DeiT does, which with the middle class
+        token resizes the class token's entry among the patches; we keep the class token's own.)"""
+        if tuple(grid) == self.grid:
+            return weights
+        patches, cls = placement.split_class_token(weights["pos_embed"][...], grid[0] * grid[1] // 2, grid)
+        resized = placement.join_class_token(resize_bicubic(patches, self.grid), cls, self.cls_position)
+        return nnx.State({**weights, "pos_embed": weights["pos_embed"].replace(resized)})
 
     def tokens(self, images: jax.Array) -> jax.Array:
         """Patch tokens with the middle class token and position embedding: (B, M + 1, D)."""

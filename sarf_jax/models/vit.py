@@ -17,6 +17,7 @@ from flax import nnx
 from sarf_jax.models.common import check_images, check_positive_ints, check_rate
 from sarf_jax.models.registry import register
 from sarf_jax.nn import DropPath, Mlp
+from sarf_jax.nn.pos_embed import resize_bicubic
 from sarf_jax.reduction import placement
 
 
@@ -103,6 +104,16 @@ class VisionTransformer(nnx.Module):
                                 for i in range(depth)])
         self.norm = layer_norm(embed_dim, dtype, rngs)
         self.head = linear(embed_dim, num_classes, dtype, rngs)
+
+    def resize_pos_embed(self, weights: nnx.State, grid: tuple[int, int]) -> nnx.State:
+        """`weights` (a state like this model's) stored for patch grid `grid`, with `pos_embed` fitted
+        to this model's grid as DeiT fine-tunes at another resolution: the class token's entry
+        (first) unchanged, the patch entries resized with PyTorch's bicubic (align_corners=False)."""
+        if tuple(grid) == self.grid:
+            return weights
+        patches, cls = placement.split_class_token(weights["pos_embed"][...], 0, grid)
+        resized = placement.join_class_token(resize_bicubic(patches, self.grid), cls, 0)
+        return nnx.State({**weights, "pos_embed": weights["pos_embed"].replace(resized)})
 
     def reduction_sites(self, reduction):
         """Grid before and after every block under `reduction` (None when nothing is reduced)."""
