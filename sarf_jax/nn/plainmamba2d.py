@@ -8,7 +8,7 @@ A and D, each adding `direction_Bs[direction id]` to B -> un-permute and sum -> 
 out_proj (with bias) [-> * gamma when init_layer_scale is set].
 
 Two official quirks are reproduced on purpose, because the released weights were trained with
-them (reference/backbones.md §3.1, §5.3):
+them (docs/official_code.md#plainmamba-quirks):
 - only u is permuted into each scan order; dt, B, C and the direction offsets are indexed by
   the scan step in raster order, i.e. step t reads dt, B, C of the token at raster index t and
   the direction id of step t, while u is the token at order[t];
