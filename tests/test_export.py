@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -78,8 +79,12 @@ def max_difference(a, b) -> float:
     return float(jnp.max(jnp.abs(jnp.asarray(a) - jnp.asarray(b))))
 
 
-def test_sarf_round_trip_gives_the_models_logits_for_any_batch(model_dirs, tmp_path):
-    metadata = export_directory(model_dirs["vmamba"], tmp_path / "vmamba.jax", reduction=SARF)
+def test_sarf_round_trip_gives_the_models_logits_for_any_batch(model_dirs, tmp_path, monkeypatch):
+    with monkeypatch.context() as host:
+        # as on a GPU host, where scan_impl="auto" picks the Pallas GPU kernel, which lowers for CUDA
+        # only (and not with a symbolic batch): the export must use the portable `chunked` scan
+        host.setattr(jax, "default_backend", lambda: "gpu")
+        metadata = export_directory(model_dirs["vmamba"], tmp_path / "vmamba.jax", reduction=SARF)
     served, model = load(tmp_path / "vmamba.jax"), load_pretrained(model_dirs["vmamba"])
     assert served.exported.platforms == ("cpu", "cuda", "tpu") and metadata["platforms"] == ["cpu", "cuda", "tpu"]
     assert str(served.exported.in_avals[0].shape[0]) == "b" and metadata["batch"] is None
@@ -113,6 +118,14 @@ def test_input_stats_given_raw_from_the_run_or_none(trained_dir, model_dirs):
                             (dict(mean=[0.3], std=[1], raw_input=True), "give no mean/std")):
         with pytest.raises(ValueError, match=message):
             input_stats(trained_dir, in_chans=1, **kwargs)
+
+
+def test_out_must_name_a_file(model_dirs, tmp_path):
+    with pytest.raises(ValueError, match="out: .* is a directory; give a file name"):
+        export_directory(model_dirs["vit"], tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="out: cannot create .*: .*file is not a directory"):
+        export_directory(model_dirs["vit"], tmp_path / "file" / "model.jax")
 
 
 def test_cli_writes_the_artifact_and_its_metadata(cli_artifact, model_dirs):

@@ -18,8 +18,7 @@ import pathlib
 from absl import flags
 from flax import nnx
 
-from sarf_jax import models
-from sarf_jax import cli
+from sarf_jax import cli, models
 from sarf_jax.convert.official import FAMILIES
 from sarf_jax.convert.state_dict import load_state_dict
 from sarf_jax.convert.torch_checkpoint import read_checkpoint, select_state_dict
@@ -78,6 +77,7 @@ def convert(model_name: str, checkpoint_path, out, *, ema: bool = False, img_siz
     save_pretrained(out, model, name=model_name, num_classes=num_classes, img_size=img_size,
                     in_chans=in_chans, overrides=overrides, source=source)
     return {"name": model_name, "num_classes": num_classes, "img_size": img_size, "source": source}
+FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
@@ -93,7 +93,6 @@ def define_flags() -> None:
 
 
 def main(argv) -> int:
-    FLAGS = flags.FLAGS
     info = convert(FLAGS.model, FLAGS.torch_checkpoint, FLAGS.out, ema=FLAGS.ema, img_size=FLAGS.img_size,
                    in_chans=FLAGS.in_chans, overrides=dict(map(parse_override, FLAGS.override)))
     print(f"wrote {FLAGS.out}: {info['name']} ({info['num_classes']} classes, {info['img_size']} px) "

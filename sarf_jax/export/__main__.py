@@ -19,6 +19,7 @@ from sarf_jax import cli
 from sarf_jax.export.directory import export_directory
 
 DYNAMIC = "dynamic"
+FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
@@ -58,7 +59,6 @@ def parse_floats(name: str, values: list[str] | None) -> list[float] | None:
 
 
 def main(argv) -> int:
-    FLAGS = flags.FLAGS
     metadata = export_directory(FLAGS.workdir, FLAGS.out, reduction=FLAGS.reduction, batch=parse_batch(FLAGS.batch),
                                 weights=FLAGS.weights, mean=parse_floats("mean", FLAGS.mean),
                                 std=parse_floats("std", FLAGS.std), raw_input=FLAGS.raw_input)

@@ -31,14 +31,26 @@ def save(path, exported: jax_export.Exported, metadata: dict) -> dict:
     data = bytes(exported.serialize())
     metadata = {**metadata, "sha256": hashlib.sha256(data).hexdigest()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    staged = [_stage(path, data), _stage(sidecar(path), (json.dumps(metadata, indent=2) + "\n").encode())]
+    staged = []
     try:
+        staged.append(_stage(path, data))
+        staged.append(_stage(sidecar(path), (json.dumps(metadata, indent=2) + "\n").encode()))
         for temporary, final in zip(staged, (path, sidecar(path))):
             os.replace(temporary, final)
     finally:
         for temporary in staged:
             temporary.unlink(missing_ok=True)
     return metadata
+
+
+def check_destination(path) -> None:
+    """A file path whose directory exists or can be made (checked before any work is done)."""
+    path = pathlib.Path(path)
+    if path.is_dir() or sidecar(path).is_dir():
+        raise ValueError(f"out: {path} is a directory; give a file name such as {path / 'model.jax'}")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise ValueError(f"out: cannot create {path}: {parent} is not a directory")
 
 
 def _stage(path: pathlib.Path, data: bytes) -> pathlib.Path:
@@ -76,9 +88,10 @@ class ServingModel:
     def __call__(self, images) -> jax.Array:
         images = jnp.asarray(images)
         meta = self.metadata
-        expected = (meta["batch"] or "batch", meta["img_size"], meta["img_size"], meta["in_chans"])
-        if images.ndim != 4 or images.shape[1:] != expected[1:] or meta["batch"] not in (None, images.shape[0]):
-            raise ValueError(f"images must have shape {expected} (NHWC), got {images.shape}")
+        size, channels = meta["img_size"], meta["in_chans"]
+        if images.ndim != 4 or images.shape[1:] != (size, size, channels) or meta["batch"] not in (None, len(images)):
+            raise ValueError(f"images must have shape ({meta['batch'] or 'batch'}, {size}, {size}, {channels}) "
+                             f"(NHWC), got {images.shape}")
         if not jnp.issubdtype(images.dtype, jnp.floating) and meta["input"] != PIXELS:
             raise ValueError(f"images: this artifact takes normalised float images, got {images.dtype} "
                              "(it was exported without normalisation)")
