@@ -32,7 +32,7 @@ train: $(STAMP)
 
 reproduce: $(STAMP)
 	@FMNIST_DIR=$(FMNIST_DIR) sh tools/get_fashion_mnist.sh
-	$(PY) tools/reproduce.py --workdir runs/reproduce --out results --data-dir $(FMNIST_DIR)
+	$(PY) tools/reproduce.py --workdir=runs/reproduce --out=results --data_dir=$(FMNIST_DIR)
 
 bench: $(STAMP)
 	$(PY) benchmarks/scan.py

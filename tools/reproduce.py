@@ -3,8 +3,8 @@ r"""`make reproduce`: the paper's experiment at Fashion-MNIST scale, on this mac
 1. Train vmamba_mini, plainmamba_mini, vim_mini and vit_mini densely (no reduction) on
    Fashion-MNIST, 14x14 token grids (patch 2), `--steps` steps of batch 64 each (train.py).
 2. Run the keep-ratio sweep (configs/sweeps/mini.py) on each, training-free, EMA weights (eval.py).
-3. Beyond the paper: continue the `--finetune-model` run for `--finetune-steps` with
-   `--finetune-reduction` active, and, as the control, for as many steps with no reduction (more
+3. Beyond the paper: continue the `--finetune_model` run for `--finetune_steps` with
+   `--finetune_reduction` active, and, as the control, for as many steps with no reduction (more
    training alone also moves accuracy); sweep both again.
 4. Collect everything into OUT/reproduce.json, OUT/reproduce.md (tables) and
    OUT/accuracy_vs_gflops.png (one panel per backbone), with the date, machine and timings.
@@ -12,12 +12,14 @@ r"""`make reproduce`: the paper's experiment at Fashion-MNIST scale, on this mac
 Every step is the user-facing command, printed before it runs; a rerun resumes (train.py restarts
 from its checkpoints, eval.py skips finished entries).
 
-    python tools/reproduce.py [--workdir runs/reproduce] [--out results] [--data-dir DIR]
+    python tools/reproduce.py [--workdir=runs/reproduce] [--out=results] [--data_dir=DIR]
+                              [--models=vmamba_mini,vit_mini] [--steps=500] [--report_only]
+
+`--help` lists every flag. A bad flag prints one line on stderr and exits with status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -27,6 +29,8 @@ import shlex
 import subprocess
 import sys
 import time
+
+from absl import app, flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ("vmamba_mini", "plainmamba_mini", "vim_mini", "vit_mini")
@@ -137,27 +141,47 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {model}, CPU only"
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", default="runs/reproduce")
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--sweep", default="configs/sweeps/mini.py")
-    parser.add_argument("--finetune-model", default="vmamba_mini", help="'' skips fine-tuning")
-    parser.add_argument("--finetune-steps", type=int, default=200)
-    parser.add_argument("--finetune-reduction", default="sarf_tome:keep=0.35,sites=2")
-    parser.add_argument("--report-only", action="store_true", help="rewrite the .md and .png from OUT/reproduce.json")
-    args = parser.parse_args()
+def define_flags() -> None:
+    flags.DEFINE_string("workdir", "runs/reproduce", "Where the training and evaluation runs go.")
+    flags.DEFINE_string("out", "results", "Where reproduce.json, reproduce.md and the plot go (under the repository).")
+    flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist", "Fashion-MNIST IDX files.")
+    flags.DEFINE_list("models", list(MODELS), f"Backbones to train and sweep, a comma-separated subset of {MODELS}.")
+    flags.DEFINE_integer("steps", 500, "Dense training steps per backbone.", lower_bound=1)
+    flags.DEFINE_string("sweep", "configs/sweeps/mini.py", "Sweep file run on every trained backbone.")
+    flags.DEFINE_string("finetune_model", "vmamba_mini", "Backbone fine-tuned with SARF active ('' skips fine-tuning).")
+    flags.DEFINE_integer("finetune_steps", 200, "Fine-tuning steps (SARF and the dense control).", lower_bound=1)
+    flags.DEFINE_string("finetune_reduction", "sarf_tome:keep=0.35,sites=2", "Reduction active while fine-tuning.")
+    flags.DEFINE_bool("report_only", False, "Rewrite the .md and .png from OUT/reproduce.json.")
+    flags.register_validator("models", lambda names: bool(names) and set(names) <= set(MODELS),
+                             f"--models must be a non-empty comma-separated subset of {','.join(MODELS)}")
+    flags.register_multi_flags_validator(
+        ["finetune_model", "models"],
+        lambda values: not values["finetune_model"] or values["finetune_model"] in values["models"],
+        "--finetune_model must be one of --models (or '' to skip fine-tuning)")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """sarf_jax.cli's convention (without importing the package): --help exits 0, a bad flag is one
+    line on stderr and exit status 2."""
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as error:
+        print(f"reproduce.py: error: {'; '.join(str(error).splitlines())}", file=sys.stderr)
+        sys.exit(2)
+    except SystemExit as exit:  # absl exits 1 after printing --help: not an error
+        sys.exit(0 if exit.code == 1 else exit.code)
+    if len(rest) > 1:
+        print(f"reproduce.py: error: unexpected arguments {rest[1:]} (see --help)", file=sys.stderr)
+        sys.exit(2)
+    return rest
+
+
+def main(argv) -> None:
+    args = flags.FLAGS
     out = ROOT / args.out
     if args.report_only:
         write_report(json.loads((out / "reproduce.json").read_text()), out)
         return
-    if args.steps < 1 or args.finetune_steps < 1:
-        parser.error("--steps and --finetune-steps must be positive")
-    if args.finetune_model and args.finetune_model not in args.models:
-        parser.error(f"--finetune-model {args.finetune_model!r} must be one of --models {args.models}")
     workdir = pathlib.Path(args.workdir)
     start = time.perf_counter()
     timings, runs = {}, {}
@@ -215,4 +239,5 @@ def finetune_markdown(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main, flags_parser=parse_flags)

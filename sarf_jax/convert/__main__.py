@@ -1,24 +1,24 @@
 """Convert an official PyTorch checkpoint into a sarf_jax model directory.
 
-    python -m sarf_jax.convert --model vmamba_tiny --torch-checkpoint vssm1_tiny_0230s.pth --out DIR [--ema]
+    python -m sarf_jax.convert --model vmamba_tiny --torch_checkpoint vssm1_tiny_0230s.pth --out DIR [--ema]
 
 The family's key mapping is applied to every tensor (none may be left over or missing); the head
 size is read from the checkpoint; the source file and its SHA-256 are recorded in DIR/model.json.
-`--override key=value` changes the registered variant (e.g. depth=4) for non-standard sizes.
+`--override key=value` (repeatable) changes the registered variant (e.g. depth=4) for
+non-standard sizes, with `--img_size` and `--in_chans`. Errors: one line on stderr, exit status 2.
 Loading never executes code from the checkpoint (see torch_checkpoint.py). Needs torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import pathlib
-import sys
 
+from absl import flags
 from flax import nnx
 
-from sarf_jax import models
+from sarf_jax import cli, models
 from sarf_jax.convert.official import FAMILIES, head_classes
 from sarf_jax.convert.state_dict import load_state_dict
 from sarf_jax.convert.torch_checkpoint import read_checkpoint, select_state_dict
@@ -59,7 +59,7 @@ def convert(model_name: str, checkpoint_path, out, *, ema: bool = False, img_siz
     adapter = FAMILIES[family]
     checkpoint_path = pathlib.Path(checkpoint_path)
     if not checkpoint_path.is_file():
-        raise ValueError(f"--torch-checkpoint: no such file {checkpoint_path}")
+        raise ValueError(f"--torch_checkpoint: no such file {checkpoint_path}")
     if pathlib.Path(out).exists():
         raise ValueError(f"--out: {out} already exists; choose a new directory")
     state_dict = select_state_dict(read_checkpoint(str(checkpoint_path)), ema=ema, source=str(checkpoint_path))
@@ -75,29 +75,29 @@ def convert(model_name: str, checkpoint_path, out, *, ema: bool = False, img_siz
     save_pretrained(out, model, name=model_name, num_classes=num_classes, img_size=img_size,
                     in_chans=in_chans, overrides=overrides, source=source)
     return {"name": model_name, "num_classes": num_classes, "img_size": img_size, "source": source}
+FLAGS = flags.FLAGS
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sarf_jax.convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help=f"one of: {', '.join(models.list_models())}")
-    parser.add_argument("--torch-checkpoint", required=True, help="the official .pth file")
-    parser.add_argument("--out", required=True, help="new directory to write")
-    parser.add_argument("--ema", action="store_true", help="convert the EMA weights (model_ema)")
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--in-chans", type=int, default=3)
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="change an argument of the registered variant (repeatable)")
-    args = parser.parse_args(argv)
-    try:
-        info = convert(args.model, args.torch_checkpoint, args.out, ema=args.ema, img_size=args.img_size,
-                       in_chans=args.in_chans, overrides=dict(map(parse_override, args.override)))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}: {info['name']} ({info['num_classes']} classes, {info['img_size']} px) "
-          f"from {info['source']['weights']} of {args.torch_checkpoint} (sha256 {info['source']['sha256'][:12]}...)")
+def define_flags() -> None:
+    flags.DEFINE_string("model", None, f"Registered model name, one of: {', '.join(models.list_models())}.")
+    flags.DEFINE_string("torch_checkpoint", None, "The official PyTorch checkpoint (.pth) to convert.")
+    flags.DEFINE_string("out", None, "New directory to write (must not exist).")
+    flags.DEFINE_bool("ema", False, "Convert the EMA weights (model_ema) instead of the trained ones.")
+    flags.DEFINE_integer("img_size", 224, "Image side the model is built for.", lower_bound=1)
+    flags.DEFINE_integer("in_chans", 3, "Input channels.", lower_bound=1)
+    flags.DEFINE_multi_string("override", [], "KEY=VALUE: change an argument of the registered variant "
+                              "(repeatable; VALUE is JSON, else a string).")
+    flags.mark_flags_as_required(["model", "torch_checkpoint", "out"])
+
+
+def main(argv) -> int:
+    info = convert(FLAGS.model, FLAGS.torch_checkpoint, FLAGS.out, ema=FLAGS.ema, img_size=FLAGS.img_size,
+                   in_chans=FLAGS.in_chans, overrides=dict(map(parse_override, FLAGS.override)))
+    print(f"wrote {FLAGS.out}: {info['name']} ({info['num_classes']} classes, {info['img_size']} px) "
+          f"from {info['source']['weights']} of {FLAGS.torch_checkpoint} (sha256 {info['source']['sha256'][:12]}...)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    cli.run(main, "sarf_jax.convert")

@@ -67,7 +67,11 @@ def _restricted_pickle_module():
 
 def read_checkpoint(path: str) -> Mapping:
     """The checkpoint's top-level object, tensors on CPU, nothing from it executed."""
-    import torch
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError("reading an official PyTorch checkpoint needs torch: pip install 'sarf_jax[convert]' "
+                          "(or any torch >= 2.5)") from error
 
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):

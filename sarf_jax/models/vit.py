@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 import numpy as np
 from flax import nnx
 
@@ -40,11 +41,9 @@ class Attention(nnx.Module):
         self.proj = linear(dim, dim, dtype, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        batch, length, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, length, 3, self.num_heads, dim // self.num_heads)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b l h d", three=3, h=self.num_heads)
         out = jax.nn.dot_product_attention(q, k, v)
-        return self.proj(out.reshape(batch, length, dim))
+        return self.proj(rearrange(out, "b l h d -> b l (h d)"))
 
 
 class Block(nnx.Module):

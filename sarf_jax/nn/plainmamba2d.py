@@ -8,7 +8,7 @@ A and D, each adding `direction_Bs[direction id]` to B -> un-permute and sum -> 
 out_proj (with bias) [-> * gamma when init_layer_scale is set].
 
 Two official quirks are reproduced on purpose, because the released weights were trained with
-them (reference/backbones.md §3.1, §5.3):
+them (docs/official_code.md#plainmamba-quirks):
 - only u is permuted into each scan order; dt, B, C and the direction offsets are indexed by
   the scan step in raster order, i.e. step t reads dt, B, C of the token at raster index t and
   the direction id of step t, while u is the token at order[t];
@@ -38,6 +38,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 from flax import nnx
 
 from sarf_jax.nn import scan_orders
@@ -141,11 +142,11 @@ class PlainMamba2D(nnx.Module):
         if x.ndim != 4 or x.shape[-1] != self.d_model:
             raise ValueError(f"PlainMamba2D: input must have shape (batch, H, W, d_model={self.d_model}), "
                              f"got {x.shape}")
-        batch, h, w, _ = x.shape
-        length, channels, state = h * w, self.d_inner, self.d_state
+        h, w = x.shape[1:3]
+        state = self.d_state
         x, z = jnp.split(self.in_proj(x), 2, axis=-1)
-        x = jax.nn.silu(self.conv2d(x)).reshape(batch, length, channels)
-        z = z.reshape(batch, length, channels)
+        x = rearrange(jax.nn.silu(self.conv2d(x)), "b h w e -> b (h w) e")
+        z = rearrange(z, "b h w e -> b (h w) e")
         dt, B, C = jnp.split(self.x_proj(x), [self.dt_rank, self.dt_rank + state], axis=-1)
         dt = self.dt_proj(dt)  # bias included here ...
 
@@ -158,11 +159,12 @@ class PlainMamba2D(nnx.Module):
         C = jnp.broadcast_to(C[:, :, None, :], B.shape)
         tile = lambda t: jnp.tile(t, k)  # (..., channels) -> (..., k * channels), scan-major
         y = selective_scan(
-            u.reshape(batch, length, k * channels), tile(dt), jnp.tile(-jnp.exp(self.A_log[...]), (k, 1)),
+            rearrange(u, "b l k e -> b l (k e)"), tile(dt), jnp.tile(-jnp.exp(self.A_log[...]), (k, 1)),
             B, C, tile(self.D[...]), delta_bias=tile(self.dt_proj.bias[...]),  # ... and again here
             delta_softplus=True, impl=self.scan_impl, chunk_size=self.chunk_size,
-        ).reshape(batch, length, k, channels)
+        )
+        y = rearrange(y, "b l (k e) -> b l k e", k=k)
         # Back to raster order: y_raster[:, p, k] = y[:, inverses[k, p], k]; sum the scans.
         y = jnp.take_along_axis(y, scans.inverses.T[None, :, :, None], axis=1).sum(axis=2)
-        out = self.out_proj(y * jax.nn.silu(z)).reshape(batch, h, w, self.d_model)
+        out = rearrange(self.out_proj(y * jax.nn.silu(z)), "b (h w) c -> b h w c", h=h, w=w)
         return out if self.gamma is None else out * self.gamma[...].astype(out.dtype)

@@ -45,6 +45,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from einops import rearrange
 from flax import nnx
 
 from sarf_jax.nn.conv import DepthwiseConv2d
@@ -58,19 +59,17 @@ DIRECTIONS = 4  # K
 
 def cross_scan(x: jax.Array) -> jax.Array:
     """(batch, H, W, C) grid -> (batch, H·W, 4, C): the grid read in the four scan orders."""
-    batch, height, width, channels = x.shape
-    rows = x.reshape(batch, height * width, channels)
-    columns = jnp.swapaxes(x, 1, 2).reshape(batch, height * width, channels)
+    rows = rearrange(x, "b h w c -> b (h w) c")
+    columns = rearrange(x, "b h w c -> b (w h) c")
     forward = jnp.stack([rows, columns], axis=2)
     return jnp.concatenate([forward, jnp.flip(forward, axis=1)], axis=2)
 
 
 def cross_merge(ys: jax.Array, height: int, width: int) -> jax.Array:
     """(batch, H·W, 4, C) outputs in scan order -> (batch, H, W, C), their sum in grid order."""
-    batch, _, _, channels = ys.shape
     y = ys[:, :, :2] + jnp.flip(ys[:, :, 2:], axis=1)
-    rows = y[:, :, 0].reshape(batch, height, width, channels)
-    columns = jnp.swapaxes(y[:, :, 1].reshape(batch, width, height, channels), 1, 2)
+    rows = rearrange(y[:, :, 0], "b (h w) c -> b h w c", h=height, w=width)
+    columns = rearrange(y[:, :, 1], "b (w h) c -> b h w c", h=height, w=width)
     return rows + columns
 
 
@@ -169,16 +168,16 @@ class SS2D(nnx.Module):
 
     def scan(self, x: jax.Array) -> jax.Array:
         """The four-direction selective scan of a (batch, H, W, d_inner) grid, merged, float32."""
-        batch, height, width, d_inner = x.shape
-        K, R, N = DIRECTIONS, self.dt_rank, self.d_state
+        height, width = x.shape[1:3]
+        R, N = self.dt_rank, self.d_state
         xs = cross_scan(x)  # (batch, L, K, d_inner)
         x_dbl = jnp.einsum("blkd,kcd->blkc", xs, self.x_proj_weight[...].astype(xs.dtype))
         dt, B, C = jnp.split(x_dbl, [R, R + N], axis=-1)
         delta = jnp.einsum("blkr,kdr->blkd", dt, self.dt_projs_weight[...].astype(dt.dtype))
-        flat = lambda t: t.reshape(batch, height * width, K * d_inner)
+        flat = lambda t: rearrange(t, "b l k d -> b l (k d)")
         ys = selective_scan(
             flat(xs.astype(jnp.float32)), flat(delta), -jnp.exp(self.A_logs[...]), B, C, self.Ds[...],
             delta_bias=self.dt_projs_bias[...].reshape(-1), delta_softplus=True,
             impl=self.scan_impl, chunk_size=self.chunk_size,
         )
-        return cross_merge(ys.reshape(batch, height * width, K, d_inner), height, width)
+        return cross_merge(rearrange(ys, "b l (k d) -> b l k d", k=DIRECTIONS), height, width)

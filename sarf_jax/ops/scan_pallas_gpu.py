@@ -5,7 +5,7 @@ delta B u, the recurrence, <h, C>, D u and the z gate all happen in registers; H
 inputs, y, the gradients and the saved states.
 
 Why Triton and not Mosaic GPU. JAX 0.11 deprecated Pallas' Triton backend in favour of Mosaic GPU
-(reference/jax.md §7.1), so this is a deliberate choice, to revisit:
+(jax-ml/jax docs/pallas/CHANGELOG.md), so this is a deliberate choice, to revisit:
   * the scan is an elementwise recurrence with a small reduction over the state; it needs no
     TensorCore, TMA or warp specialisation, which is what Mosaic GPU is for. Its register
     layouts (WGMMA tiles of 64 rows, strided layouts) support broadcasting and reducing over a

@@ -5,7 +5,8 @@ discretisation exp(delta A) and delta B u, the recurrence, the readout <h, C>, t
 z gate, forward and backward. HBM sees only the inputs, y, the gradients, and one state per
 sequence tile; no (batch, length, channels, state) tensor ever exists.
 
-Layout (reference/jax.md §7.3-7.4): channels on lanes, the state on sublanes.
+Layout (the TPU rules in docs/architecture.md#pallas-kernels): channels on lanes, the state on
+sublanes.
 
   grid        (batch, channel tiles, sequence tiles); the sequence axis is last and "arbitrary",
               so the fp32 state h (state, channel_tile) stays in VMEM scratch from one sequence
@@ -37,7 +38,7 @@ VMEM budget; the dispatcher then falls back to `chunked`.
 
 Known inefficiency: with state == 1 (VMamba) the state row fills one of the 8 sublanes of a
 vector register. Not tuned on hardware (none was available): tile sizes follow axlearn's v5p
-defaults in spirit (reference/jax.md §1.2).
+defaults in spirit (apple/axlearn axlearn/common/ssm.py; docs/architecture.md#pallas-kernels).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 EViT, HSA, random and ToMe all work on the flattened raster sequence, keep raster order, and then
 re-wrap the survivors row-major into a smaller H'×W' grid — the step that scrambles 2-D
-neighbourhoods and makes VMamba collapse (reference/reduction.md §1.3 e, §2).
+neighbourhoods and makes VMamba collapse (docs/official_code.md#baselines,
+docs/official_code.md#why-the-baselines-collapse).
 
 - `evit_plan`: importance = signed mean over channels of the metric (the block input);
   `EViTTokenPruning` (plainmamba/.../token_reduction/EViT.py).

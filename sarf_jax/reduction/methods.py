@@ -9,7 +9,8 @@ import operator
 
 METHODS = ("none", "sarf_tome", "sarf_evit", "evit", "tome", "random", "hsa", "quartermap")
 
-# What the block hands the reducer as `metric` (reference/reduction.md §1.3, fixtures README §3.5):
+# What the block hands the reducer as `metric` (docs/official_code.md#storm-placement,
+# tests/fixtures/README.md#reduction-operators):
 # the block input (residual) for SARF, EViT and random; the mixer output for the ToMe baseline
 # (STORM's reduction.py passes op(norm(x)) first) and for HSA (ToP-ViM scores the SSM output).
 METRIC_SOURCE = {

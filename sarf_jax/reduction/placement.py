@@ -1,6 +1,7 @@
 """Where a model applies its reduction spec: the sites of a schedule and the per-block step.
 
-Every backbone does the same thing inside a block (STORM's placement; DESIGN.md "reduction"):
+Every backbone does the same thing inside a block (STORM's placement;
+docs/official_code.md#storm-placement):
 
     y = mixer(norm(x))                               # full grid (QuarterMap: a halved grid)
     x, y = reduce_pair(reducer, site, x, y)          # the same plan on residual and branch

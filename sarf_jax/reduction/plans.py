@@ -1,10 +1,10 @@
 """Plans: what a reducer decides, applicable to any (B, H, W, C) tensor on the same grid.
 
 A reducer looks at a *metric* grid once and returns a plan; the block then applies the same plan
-to its residual and to its mixer output (STORM's placement, reference/reduction.md §1.3 a). Plans
-are pytrees (flax.struct dataclasses) whose array leaves carry the batch axis and whose grid sizes
-are static, so they can be returned from `jax.jit`, vmapped and sharded over the batch like any
-activation.
+to its residual and to its mixer output (STORM's placement, docs/official_code.md#storm-placement).
+Plans are pytrees (flax.struct dataclasses) whose array leaves carry the batch axis and whose grid
+sizes are static, so they can be returned from `jax.jit`, vmapped and sharded over the batch like
+any activation.
 
 Three kinds, by how many source tokens feed an output token:
 

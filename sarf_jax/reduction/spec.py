@@ -1,6 +1,6 @@
 """The public API: `Spec` (what a model is asked to do), `Reducer` (plans one grid), `reduce_grid`.
 
-Inside a block (STORM's placement, DESIGN.md "reduction"):
+Inside a block (STORM's placement, docs/official_code.md#storm-placement):
 
     y = mixer(norm(x))                                        # full grid
     metric = x if reducer.metric_source == "block_input" else y

@@ -70,8 +70,8 @@ def abstract(name, **kwargs):
     return nnx.eval_shape(lambda: models.create(name, rngs=nnx.Rngs(0), **kwargs))
 
 
-# Official figures: parameters with head / backbone only (reference/backbones.md §3.2, measured on
-# the official model), GFLOPs at 224 px (published tables).
+# Official figures: parameters with head / backbone only (measured on the official model, see
+# docs/official_code.md#plainmamba-variants), GFLOPs at 224 px (published tables).
 OFFICIAL = {"plainmamba_l1": (7.552, 7.359, 3.0), "plainmamba_l2": (26.146, 25.761, 8.1),
             "plainmamba_l3": (50.956, 50.507, 14.4)}
 

@@ -22,7 +22,7 @@ def fixture_model():
     return model, arrays, schedule
 
 
-CASES = {  # fixture key -> Spec arguments besides the schedule (fixtures README §3.7)
+CASES = {  # fixture key -> Spec arguments besides the schedule (tests/fixtures/README.md#storm-plainmamba)
     "dense": None,
     "storm_tome": dict(method="sarf_tome"),
     "storm_tome_wavg": dict(method="sarf_tome", merge="mean"),

@@ -19,7 +19,7 @@ def fixture_model():
     return model, arrays, meta
 
 
-CASES = {  # fixture key -> Spec arguments besides the table (fixtures README §3.6)
+CASES = {  # fixture key -> Spec arguments besides the table (tests/fixtures/README.md#storm-vmamba)
     "dense": None,
     "storm_tome": dict(method="sarf_tome"),
     "storm_tome_wavg": dict(method="sarf_tome", merge="mean"),
@@ -46,7 +46,8 @@ def test_fixture_table_reduces_the_first_two_stages():
 
 
 def test_describe_vmamba_small_hybrid_2p1_gives_the_papers_grids():
-    """reference/reduction.md's worked example: 56²→52², 26²→24², 12²→11²→10²→9²→8² (small/base)."""
+    """The worked example of docs/official_code.md#storm-budgets: 56²→52², 26²→24², 12²→11²→10²→9²→8²
+    (small/base)."""
     from flax import nnx
 
     from sarf_jax import models

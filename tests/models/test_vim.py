@@ -42,7 +42,7 @@ def test_class_token_sits_in_the_middle_of_the_sequence():
 @pytest.mark.parametrize("name, params", [("vim_tiny", 7_148_008), ("vim_small", 25_796_584)])
 def test_official_sizes_have_official_parameter_counts(name, params):
     model = nnx.eval_shape(lambda: models.create(name, num_classes=1000, img_size=224, rngs=nnx.Rngs(0)))
-    assert parameter_count(model) == params  # reference/backbones.md §1.2, measured on the official code
+    assert parameter_count(model) == params  # docs/official_code.md#vim-variants, measured on the official code
 
 
 def test_vim_tiny_gflops_follow_the_papers_convention():

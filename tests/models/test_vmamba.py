@@ -84,7 +84,7 @@ def test_official_legacy_key_names_are_renamed():
 
 
 # official parameter counts with the 1000-class head (measured from the official code, see
-# ../shared/reference/backbones.md §2.2) and README GFLOPs at 224 px
+# docs/official_code.md#vmamba-variants) and README GFLOPs at 224 px
 OFFICIAL = {"vmamba_tiny": (30.25e6, 4.9), "vmamba_small": (50.15e6, 8.7), "vmamba_base": (89e6, 15.4)}
 
 

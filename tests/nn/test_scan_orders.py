@@ -43,7 +43,7 @@ def test_cross_scan_is_row_major_column_major_and_their_reverses():
 
 
 def test_zigzag_4x4_matches_the_official_orders():
-    """The orders get_permute_order returns on 4x4 (measured, reference/backbones.md §3.1)."""
+    """The orders get_permute_order returns on 4x4 (measured, docs/official_code.md#plainmamba-scan-orders)."""
     result = scan_orders.zigzag(4, 4)
     np.testing.assert_array_equal(result.orders, [
         [0, 1, 2, 3, 7, 6, 5, 4, 8, 9, 10, 11, 15, 14, 13, 12],

@@ -3,6 +3,7 @@ each other; gradients against `reference`; low-precision inputs; odd lengths; ba
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,9 +122,10 @@ def scan_gradients(impl, grouped):
 def test_gradients_match_reference_in_every_argument(impl, grouped):
     expected = scan_gradients("reference", grouped)
     actual = scan_gradients(impl, grouped)
+    chex.assert_tree_all_finite(actual)
+    chex.assert_trees_all_equal_shapes_and_dtypes(actual, expected)
+    chex.assert_trees_all_close(actual, expected, atol=1e-4, rtol=1e-4)
     for name in ARG_NAMES:
-        assert np.all(np.isfinite(actual[name])), name
-        np.testing.assert_allclose(actual[name], expected[name], atol=1e-4, rtol=1e-4, err_msg=name)
         assert np.abs(expected[name]).max() > 0, f"gradient of {name} is identically zero"
 
 
@@ -152,12 +154,20 @@ def test_chunked_handles_any_length(length):
     np.testing.assert_allclose(last_state, expected_state, atol=1e-5, rtol=1e-4)
 
 
-def test_jit_with_static_options_equals_eager():
-    args = random_args(seed=5)
-    scan = jax.jit(selective_scan, static_argnames=("delta_softplus", "impl", "chunk_size"))
-    np.testing.assert_allclose(scan(**args, delta_softplus=True, impl="chunked", chunk_size=4),
-                               selective_scan(**args, delta_softplus=True, impl="chunked", chunk_size=4),
-                               atol=1e-6)
+class JitAndEagerTest(chex.TestCase):
+    """The same call with and without jit (static options as static arguments) matches the oracle."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_matches_numpy_oracle(self):
+        args = random_args(seed=5)
+        scan = self.variant(selective_scan, static_argnames=("delta_softplus", "return_last_state", "impl",
+                                                             "chunk_size"))
+        y, last_state = scan(**args, delta_softplus=True, return_last_state=True, impl="chunked", chunk_size=4)
+        chex.assert_shape(y, args["u"].shape)
+        chex.assert_shape(last_state, (2, 6, 4))
+        chex.assert_type([y, last_state], [jnp.float32, jnp.float32])
+        expected_y, expected_state = numpy_oracle(**args, delta_softplus=True)
+        chex.assert_trees_all_close((y, last_state), (expected_y, expected_state), atol=1e-5, rtol=1e-5)
 
 
 def _with(**changes):

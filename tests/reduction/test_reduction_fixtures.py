@@ -1,4 +1,5 @@
-"""Conformance with the official STORM operators (tests/fixtures/reduction_*.npz, README §3.5).
+"""Conformance with the official STORM operators (tests/fixtures/reduction_*.npz, described in
+tests/fixtures/README.md#reduction-operators).
 
 Each fixture case holds a block input x, a branch output y, the official outputs of the plan on
 both, and the official integer plans. Fixtures are NCHW; sarf_jax grids are NHWC.

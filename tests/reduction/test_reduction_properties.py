@@ -9,10 +9,12 @@ surviving token of a SARF-ToMe group (the others are above / left of it).
 import functools
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from sarf_jax import reduction
 from sarf_jax.reduction import baselines, sarf
@@ -187,6 +189,24 @@ def test_jit_and_vmap_match_eager(method):
     mapped = jax.jit(jax.vmap(lambda a, m: run(a, metric=m)))(xs, metrics)
     np.testing.assert_allclose(mapped[0], eager, rtol=0, atol=1e-6)
     np.testing.assert_allclose(mapped[1], run(xs[1], metric=metrics[1]), rtol=0, atol=1e-6)
+
+
+class ReduceGridVariantsTest(chex.TestCase):
+    """reduce_grid with and without jit: a (B, H', W', C) grid in the input's dtype, equal to the plan's
+    dense linear map (`plan.matrix()`) applied to the input."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(*PLANNED)
+    def test_output_is_the_plan_matrix_applied_to_the_input(self, method):
+        in_hw, out_hw = (5, 6), (3, 4) if method != "tome" else (5, 4)
+        x, metric = grid((2, *in_hw, 4), seed=2), grid((2, *in_hw, 4), seed=3)
+        run = self.variant(lambda x, m: reduction.reduce_grid(x, method=method, out_hw=out_hw, window=2, metric=m))
+        out = run(x, metric)
+        chex.assert_shape(out, (2, *out_hw, 4))
+        chex.assert_type(out, jnp.float32)
+        matrix = reduction.Reducer(method, window=2).plan(metric, out_hw).matrix()
+        expected = jnp.einsum("bqp,bpc->bqc", matrix, x.reshape(2, -1, 4)).reshape(2, *out_hw, 4)
+        chex.assert_trees_all_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_gradients_flow_to_the_reduced_tensor():

@@ -18,7 +18,7 @@ def reductions(sites):
 
 @pytest.mark.parametrize("name", ["hybrid_2p1", "hybrid_2p1_sb"])
 def test_vmamba_small_base_hybrid_2p1_at_224_gives_the_worked_example(name):
-    # reference/reduction.md §1.3 b: stage 1 56²→52², stage 2 26²→24², stage 3 12²→11²→10²→9²→8².
+    # docs/official_code.md#storm-budgets: stage 0 56²→52², stage 1 26²→24², stage 2 12²→11²→10²→9²→8².
     sites = schedules.trace(name, VMAMBA_SMALL_BASE, (56, 56), method="sarf_tome")
     assert reductions(sites) == [(0, 1, 56, 52), (1, 1, 26, 24), (2, 3, 12, 11), (2, 7, 11, 10),
                                  (2, 11, 10, 9), (2, 14, 9, 8)]
