@@ -34,6 +34,9 @@ def images(size, seed=0):
     return jax.random.normal(jax.random.key(seed), (2, size, size, 3))
 
 
+logits_of = nnx.jit(lambda model, x: model(x))  # one compiled program per model structure and size
+
+
 def weights(model):
     return nnx.state(model, (nnx.Param, nnx.BatchStat))
 
@@ -43,8 +46,9 @@ def test_create_pretrained_is_load_pretrained_with_model_json_defaults(stored):
     model = models.create("vim_mini", pretrained=directory, drop_path_rate=0.1)  # no effect in eval
     loaded = load_pretrained(directory, drop_path_rate=0.1)
     assert model.head.out_features == CLASSES and model.img_size == STORED_SIZE and len(model.layers) == 2
-    np.testing.assert_array_equal(model(images(STORED_SIZE)), loaded(images(STORED_SIZE)))
-    np.testing.assert_allclose(model(images(STORED_SIZE)), saved(images(STORED_SIZE)), atol=1e-5, rtol=0)
+    x = images(STORED_SIZE)
+    np.testing.assert_array_equal(logits_of(model, x), logits_of(loaded, x))
+    np.testing.assert_allclose(logits_of(model, x), logits_of(saved, x), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", list(SMALL))
@@ -58,7 +62,7 @@ def test_loading_at_the_stored_size_is_bit_exact(stored, name):
 def test_loading_at_a_larger_size_keeps_every_other_weight(stored, name):
     directory, saved = stored[name]
     model = models.create(name, pretrained=directory, img_size=LARGER_SIZE)
-    logits = model(images(LARGER_SIZE))
+    logits = logits_of(model, images(LARGER_SIZE))
     assert logits.shape == (2, CLASSES) and bool(jnp.isfinite(logits).all())
     loaded, original = nnx.to_flat_state(weights(model)), nnx.to_flat_state(weights(saved))
     assert [path for path, _ in loaded] == [path for path, _ in original]
@@ -87,13 +91,22 @@ def test_class_token_entry_is_kept_and_the_patch_grid_resized_like_torch(stored,
     np.testing.assert_allclose(np.delete(new, loaded_cls, axis=1), expected, atol=1e-5, rtol=0)
 
 
+def test_vim_stride_override_resizes_to_the_finer_grid(stored):
+    """As Vim's stride-8 fine-tunes start from the stride-16 weights: the grid follows the stride."""
+    directory, saved = stored["vim_mini"]
+    model = models.create("vim_mini", pretrained=directory, stride=1)
+    assert model.grid == (7, 7) and model.pos_embed.shape == (1, 50, saved.pos_embed.shape[-1])
+    np.testing.assert_array_equal(model.pos_embed[:, 24], saved.pos_embed[:, 8])
+
+
 def test_plainmamba_resized_once_equals_the_stored_model_resizing_at_every_call(stored):
     """PlainMamba (like mmcls) resizes pos_embed in the forward pass for other image sizes; loading
     at that size resizes it once, to the same logits."""
     directory, saved = stored["plainmamba_mini"]
     model = models.create("plainmamba_mini", pretrained=directory, img_size=LARGER_SIZE)
     assert model.pos_embed.shape == (1, (LARGER_SIZE // 2) ** 2, model.embed_dim)
-    np.testing.assert_allclose(model(images(LARGER_SIZE)), saved(images(LARGER_SIZE)), atol=1e-5, rtol=0)
+    x = images(LARGER_SIZE)
+    np.testing.assert_allclose(logits_of(model, x), logits_of(saved, x), atol=1e-5, rtol=0)
 
 
 def test_name_classes_and_missing_arguments_are_clear_errors(stored):
