@@ -167,9 +167,11 @@ class VisionMamba(nnx.Module):
         """Maps for dense heads: for every block of `feature_layers`, (B, h, w, embed_dim).
 
         As the official segmentation backbone (`VisionMambaSeg`, features from the hidden states):
-        the block's mixer output (what the next block adds to the residual stream), the class
-        token removed, no final norm. Under `reduction` the grid is the reduced one after that
-        block; restore=True maps it back onto the dense patch grid (`PositionMap`).
+        the block's mixer output (what the next block adds to the residual stream), no final norm.
+        The middle class token stays in the sequence, as the classifier was trained with it (the
+        official segmentation model drops it from its input), and is removed from the maps.
+        Under `reduction` the grid is the reduced one after that block; restore=True maps it back
+        onto the dense patch grid (`PositionMap`).
         """
         taps, plans = {}, ({} if restore else None)
         self.run_blocks(images, reduction=reduction, train=train, taps=taps, plans=plans)
