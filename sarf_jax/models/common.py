@@ -23,3 +23,21 @@ def check_images(owner: str, images: jax.Array, img_size: int, in_chans: int) ->
     if images.ndim != 4 or images.shape[1:] != expected:
         raise ValueError(f"{owner}: images must have shape (batch, {img_size}, {img_size}, {in_chans}) "
                          f"(NHWC), got {images.shape}")
+
+
+def default_feature_layers(depth: int, count: int = 4) -> tuple[int, ...]:
+    """`count` block indices spread evenly over `depth` blocks, ending at the last: 24 blocks give
+    (5, 11, 17, 23), 12 give (2, 5, 8, 11); fewer blocks than `count` give every block."""
+    return tuple(sorted({(k + 1) * depth // count - 1 for k in range(count)} - {-1}))
+
+
+def check_feature_layers(owner: str, feature_layers, depth: int) -> tuple[int, ...]:
+    """The block indices `features` returns, as a tuple: None gives `default_feature_layers`."""
+    if feature_layers is None:
+        return default_feature_layers(depth)
+    layers = tuple(feature_layers)
+    valid = all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < depth for i in layers)
+    if not layers or not valid or any(a >= b for a, b in zip(layers, layers[1:])):
+        raise ValueError(f"{owner}: feature_layers must be increasing block indices in [0, {depth}), "
+                         f"got {feature_layers!r}")
+    return layers

@@ -32,12 +32,13 @@ Deviations from the official code:
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sarf_jax.models.common import check_positive_ints, check_rate
+from sarf_jax.models.common import check_feature_layers, check_positive_ints, check_rate
 from sarf_jax.models.registry import register
 from sarf_jax.nn.common import DropPath
 from sarf_jax.nn.conv import DepthwiseConv2d
@@ -45,6 +46,7 @@ from sarf_jax.nn.initializers import torch_default
 from sarf_jax.nn.plainmamba2d import PlainMamba2D
 from sarf_jax.nn.pos_embed import resize_bicubic
 from sarf_jax.reduction import placement
+from sarf_jax.reduction.restore import restore_taps
 
 OFFICIAL_STEM_CHANNELS = 64
 
@@ -63,9 +65,9 @@ def _batch_norm(features, *, dtype, rngs):
                          param_dtype=jnp.float32, rngs=rngs)
 
 
-def _layer_norm(features, epsilon, *, dtype, rngs):
-    return nnx.LayerNorm(features, epsilon=epsilon, use_fast_variance=False, dtype=dtype,
-                         param_dtype=jnp.float32, rngs=rngs)
+def _layer_norm(features, epsilon, *, dtype, rngs, affine=True):
+    return nnx.LayerNorm(features, epsilon=epsilon, use_fast_variance=False, use_scale=affine, use_bias=affine,
+                         dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 def _conv_bn_act(sequence: nnx.List, x: jax.Array, *, train: bool) -> jax.Array:
@@ -160,6 +162,12 @@ class PlainMamba(nnx.Module):
         from 0 at the first layer to drop_path_rate at the last.
       dtype: compute dtype (parameters are float32; scans run in float32; logits are float32).
       scan_impl, chunk_size: passed to `sarf_jax.ops.selective_scan`.
+      feature_layers: the layers whose outputs `features` returns (default: 4 evenly spaced,
+        ending at the last layer; the official segmentation configs use 5, 11, 17, 23 of 24).
+      out_norms: give `features` a trainable LayerNorm (eps final_norm_eps) per feature layer
+        other than the last (the official segmentation backbone's `norm_layer{i}`, initialised
+        (1, 0)); classification checkpoints do not hold them, so the default uses the same norms
+        without parameters, i.e. as initialised.
     """
 
     def __init__(
@@ -195,6 +203,8 @@ class PlainMamba(nnx.Module):
         dtype=None,
         scan_impl: str = "auto",
         chunk_size: int | None = None,
+        feature_layers: Sequence[int] | None = None,
+        out_norms: bool = False,
         rngs: nnx.Rngs,
     ):
         check_positive_ints("PlainMamba", num_classes=num_classes, img_size=img_size, in_chans=in_chans,
@@ -215,6 +225,9 @@ class PlainMamba(nnx.Module):
                              f"got {layers_with_dwconv}")
         check_rate("PlainMamba", "drop_rate", drop_rate)
         check_rate("PlainMamba", "drop_path_rate", drop_path_rate)
+        self.feature_layers = check_feature_layers("PlainMamba", feature_layers, depth)
+        if not isinstance(out_norms, bool):
+            raise ValueError(f"PlainMamba: out_norms must be True or False, got {out_norms!r}")
 
         self.num_classes, self.in_chans, self.patch_size = num_classes, in_chans, patch_size
         self.grid = (img_size // patch_size, img_size // patch_size)  # of the position embedding
@@ -237,6 +250,12 @@ class PlainMamba(nnx.Module):
         ])
         self.ln1 = _layer_norm(embed_dim, final_norm_eps, dtype=dtype, rngs=rngs) if final_norm else None
         self.head = LinearClsHead(embed_dim, num_classes, dtype=dtype, rngs=rngs)
+        self.out_norms = nnx.List([_layer_norm(embed_dim, final_norm_eps, dtype=dtype, rngs=rngs, affine=out_norms)
+                                   for _ in self._intermediate_feature_layers()])
+
+    def _intermediate_feature_layers(self) -> tuple[int, ...]:
+        """The feature layers that get an out norm: all but the last layer (which gets `ln1`)."""
+        return tuple(i for i in self.feature_layers if i != len(self.layers) - 1)
 
     def resize_pos_embed(self, weights: nnx.State, grid: tuple[int, int]) -> nnx.State:
         """`weights` (a state like this model's) stored for patch grid `grid`, with `pos_embed`
@@ -273,19 +292,47 @@ class PlainMamba(nnx.Module):
         the patch grid `hw` (default: that of img_size)."""
         return placement.block_sites(reduction, (len(self.layers),), hw or self.grid)
 
-    def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
-        """Logits; `reduction` (a reduction.Spec, static under jit) shrinks the grid between layers."""
-        grid = (images.shape[1] // self.patch_size, images.shape[2] // self.patch_size)
-        sites = self.reduction_sites(reduction, grid)  # checked before anything is traced
+    def patch_grid(self, images: jax.Array) -> tuple[int, int]:
+        """The (h, w) patch grid of `images` without reduction."""
+        return images.shape[1] // self.patch_size, images.shape[2] // self.patch_size
+
+    def run_layers(self, images: jax.Array, *, reduction=None, train: bool = False, taps=None, plans=None):
+        """Embedding and every layer, with `reduction` between layers: the (B, h, w, D) grid after
+        the last. taps: a dict that receives the output of every layer in `feature_layers`.
+        plans: a dict that receives the plan of every reducing layer, by layer index."""
+        sites = self.reduction_sites(reduction, self.patch_grid(images))  # checked before tracing
         x = self.embed(images, train=train)
         reducer = reduction.reducer("plainmamba") if sites else None
         mix = placement.quartermap_mixer if sites and reducer.method == "quartermap" else None
         for index, layer in enumerate(self.layers):
             reduce = None
             if sites and mix is None and sites[index].out_hw != sites[index].in_hw:
-                reduce = functools.partial(placement.reduce_pair, reducer, sites[index], index=index)
+                reduce = functools.partial(placement.reduce_pair, reducer, sites[index], index=index, plans=plans)
             x = layer(x, train=train, reduce=reduce, mix=mix)
-        return self.head(self.pool(x)).astype(jnp.float32)
+            if taps is not None and index in self.feature_layers:
+                taps[index] = x
+        return x
+
+    def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
+        """Logits; `reduction` (a reduction.Spec, static under jit) shrinks the grid between layers."""
+        return self.head(self.pool(self.run_layers(images, reduction=reduction, train=train))).astype(jnp.float32)
+
+    def features(self, images: jax.Array, *, reduction=None, restore: bool = False,
+                 train: bool = False) -> list[jax.Array]:
+        """Maps for dense heads: for every layer of `feature_layers`, (B, h, w, embed_dim).
+
+        As the official segmentation backbone (`PlainMambaSeg`): the layer's output, the last
+        layer's through `ln1` (when final_norm), every other through its `out_norms` entry. Under
+        `reduction` the grid is the reduced one after that layer; restore=True maps it back onto
+        the dense patch grid of `images` (`PositionMap`).
+        """
+        taps, plans = {}, ({} if restore else None)
+        self.run_layers(images, reduction=reduction, train=train, taps=taps, plans=plans)
+        norms = dict(zip(self._intermediate_feature_layers(), self.out_norms))
+        if self.ln1 is not None:
+            norms[len(self.layers) - 1] = self.ln1
+        normed = {index: norms[index](x) if index in norms else x for index, x in taps.items()}
+        return restore_taps(normed, plans, self.patch_grid(images))
 
 
 # Official variants (arch_zoo in plain_mamba.py). Their ImageNet training used drop_path_rate

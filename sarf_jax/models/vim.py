@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sarf_jax.models.common import check_images, check_positive_ints, check_rate
+from sarf_jax.models.common import check_feature_layers, check_images, check_positive_ints, check_rate
 from sarf_jax.models.registry import register
 from sarf_jax.nn import DropPath, Mamba
 from sarf_jax.nn.pos_embed import resize_bicubic
 from sarf_jax.reduction import placement
+from sarf_jax.reduction.restore import restore_taps
 
 
 class PatchEmbed(nnx.Module):
@@ -62,11 +64,16 @@ class VimBlock(nnx.Module):
 
 
 class VisionMamba(nnx.Module):
-    """Vim classifier on NHWC images of exactly `img_size` x `img_size` (as the official model)."""
+    """Vim classifier on NHWC images of exactly `img_size` x `img_size` (as the official model).
+
+    feature_layers: the blocks whose outputs `features` returns (default: 4 evenly spaced, ending
+    at the last block; the official segmentation configs use 5, 11, 17, 23 of 24).
+    """
 
     def __init__(self, *, num_classes: int, img_size: int, in_chans: int = 3, patch_size: int = 16,
                  stride: int | None = None, embed_dim: int = 192, depth: int = 24, d_state: int = 16,
-                 drop_path_rate: float = 0.0, dtype=None, scan_impl: str = "auto", rngs: nnx.Rngs):
+                 drop_path_rate: float = 0.0, dtype=None, scan_impl: str = "auto",
+                 feature_layers: Sequence[int] | None = None, rngs: nnx.Rngs):
         stride = patch_size if stride is None else stride
         check_positive_ints("VisionMamba", num_classes=num_classes, img_size=img_size,
                             in_chans=in_chans, patch_size=patch_size, stride=stride,
@@ -77,6 +84,7 @@ class VisionMamba(nnx.Module):
                 f"img_size={img_size}, patch_size={patch_size}, stride={stride}"
             )
         check_rate("VisionMamba", "drop_path_rate", drop_path_rate)
+        self.feature_layers = check_feature_layers("VisionMamba", feature_layers, depth)
         self.grid = ((img_size - patch_size) // stride + 1,) * 2
         self.num_patches = self.grid[0] * self.grid[1]
         self.img_size, self.in_chans, self.dtype = img_size, in_chans, dtype
@@ -130,9 +138,14 @@ class VisionMamba(nnx.Module):
         """Grid before and after every block under `reduction` (None when nothing is reduced)."""
         return placement.block_sites(reduction, (len(self.layers),), self.grid)
 
-    def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
-        """Logits; `reduction` (a reduction.Spec, static under jit) shrinks the patch grid between
-        blocks with the middle class token taken out before planning and put back after."""
+    def run_blocks(self, images: jax.Array, *, reduction=None, train: bool = False, taps=None, plans=None):
+        """Every block, with `reduction` between blocks (the middle class token taken out before
+        planning and put back after): (hidden, residual, class token position) after the last.
+
+        taps: a dict that receives, for every block in `feature_layers`, its mixer output on the
+        patch grid (class token removed), (B, h, w, D). plans: a dict that receives the plan of
+        every reducing block, by block index.
+        """
         sites = self.reduction_sites(reduction)
         reducer = reduction.reducer("vim") if sites else None
         hidden, residual = self.tokens(images), None
@@ -145,14 +158,37 @@ class VisionMamba(nnx.Module):
             if sites and sites[index].out_hw != hw:
                 x, cls_residual = placement.split_class_token(residual, position, hw)
                 y, cls_hidden = placement.split_class_token(hidden, position, hw)
-                x, y = placement.reduce_pair(reducer, sites[index], x, y, index=index)
+                x, y = placement.reduce_pair(reducer, sites[index], x, y, index=index, plans=plans)
                 hw = sites[index].out_hw
                 position = hw[0] * hw[1] // 2
                 residual = placement.join_class_token(x, cls_residual, position)
                 hidden = placement.join_class_token(y, cls_hidden, position)
+            if taps is not None and index in self.feature_layers:
+                taps[index] = placement.split_class_token(hidden, position, hw)[0]
+        return hidden, residual, position
+
+    def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
+        """Logits; `reduction` (a reduction.Spec, static under jit) shrinks the patch grid between
+        blocks with the middle class token taken out before planning and put back after."""
+        hidden, residual, position = self.run_blocks(images, reduction=reduction, train=train)
         residual = residual + self.final_drop_path(hidden, deterministic=not train)
         features = self.norm_f(residual)[:, position]
         return self.head(features.astype(hidden.dtype))
+
+    def features(self, images: jax.Array, *, reduction=None, restore: bool = False,
+                 train: bool = False) -> list[jax.Array]:
+        """Maps for dense heads: for every block of `feature_layers`, (B, h, w, embed_dim).
+
+        As the official segmentation backbone (`VisionMambaSeg`, features from the hidden states):
+        the block's mixer output (what the next block adds to the residual stream), no final norm.
+        The middle class token stays in the sequence, as the classifier was trained with it (the
+        official segmentation model drops it from its input), and is removed from the maps.
+        Under `reduction` the grid is the reduced one after that block; restore=True maps it back
+        onto the dense patch grid (`PositionMap`).
+        """
+        taps, plans = {}, ({} if restore else None)
+        self.run_blocks(images, reduction=reduction, train=train, taps=taps, plans=plans)
+        return restore_taps(taps, plans, self.grid)
 
 
 def _quartermap_sequence(mixer, tokens, *, position, hw):

@@ -8,6 +8,7 @@ timm attribute names (`blocks.{i}.attn.qkv`, `mlp.fc1`, ...), so DeiT checkpoint
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -15,11 +16,12 @@ from einops import rearrange
 import numpy as np
 from flax import nnx
 
-from sarf_jax.models.common import check_images, check_positive_ints, check_rate
+from sarf_jax.models.common import check_feature_layers, check_images, check_positive_ints, check_rate
 from sarf_jax.models.registry import register
 from sarf_jax.nn import DropPath, Mlp
 from sarf_jax.nn.pos_embed import resize_bicubic
 from sarf_jax.reduction import placement
+from sarf_jax.reduction.restore import restore_taps
 
 
 def layer_norm(dim: int, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -79,11 +81,16 @@ class PatchEmbed(nnx.Module):
 
 
 class VisionTransformer(nnx.Module):
-    """DeiT-style ViT classifier on NHWC images of `img_size` x `img_size`."""
+    """DeiT-style ViT classifier on NHWC images of `img_size` x `img_size`.
+
+    feature_layers: the blocks whose outputs `features` returns (default: 4 evenly spaced, ending
+    at the last block: 2, 5, 8, 11 of 12).
+    """
 
     def __init__(self, *, num_classes: int, img_size: int, in_chans: int = 3, patch_size: int = 16,
                  embed_dim: int = 192, depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.0, dtype=None, rngs: nnx.Rngs):
+                 drop_path_rate: float = 0.0, dtype=None, feature_layers: Sequence[int] | None = None,
+                 rngs: nnx.Rngs):
         check_positive_ints("VisionTransformer", num_classes=num_classes, img_size=img_size,
                             in_chans=in_chans, patch_size=patch_size, embed_dim=embed_dim,
                             depth=depth, num_heads=num_heads)
@@ -92,6 +99,7 @@ class VisionTransformer(nnx.Module):
         if embed_dim % num_heads:
             raise ValueError(f"VisionTransformer: embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         check_rate("VisionTransformer", "drop_path_rate", drop_path_rate)
+        self.feature_layers = check_feature_layers("VisionTransformer", feature_layers, depth)
         self.grid = (img_size // patch_size,) * 2
         self.img_size, self.in_chans, self.dtype = img_size, in_chans, dtype
         trunc = jax.nn.initializers.truncated_normal(0.02)
@@ -118,9 +126,14 @@ class VisionTransformer(nnx.Module):
         """Grid before and after every block under `reduction` (None when nothing is reduced)."""
         return placement.block_sites(reduction, (len(self.blocks),), self.grid)
 
-    def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
-        """Logits; `reduction` (a reduction.Spec, static under jit) shrinks the patch grid inside
-        blocks, the class token (position 0) kept aside."""
+    def run_blocks(self, images: jax.Array, *, reduction=None, train: bool = False, taps=None, plans=None):
+        """Every block, with `reduction` inside blocks (the class token, position 0, kept aside):
+        the (B, 1 + h·w, D) tokens after the last block.
+
+        taps: a dict that receives, for every block in `feature_layers`, its output tokens
+        (B, 1 + h·w, D) and their patch grid (h, w). plans: a dict that receives the plan of every
+        reducing block, by block index.
+        """
         sites = self.reduction_sites(reduction)
         reducer = reduction.reducer("vit") if sites else None
         check_images("VisionTransformer", images, self.img_size, self.in_chans)
@@ -134,14 +147,40 @@ class VisionTransformer(nnx.Module):
             if sites and reducer.method == "quartermap":
                 mix = functools.partial(_quartermap_sequence, hw=sites[index].in_hw)
             elif sites and sites[index].out_hw != sites[index].in_hw:
-                reduce = functools.partial(_reduce_with_class_token, reducer, sites[index], index=index)
+                reduce = functools.partial(_reduce_with_class_token, reducer, sites[index], index=index,
+                                           plans=plans)
             x = block(x, train=train, reduce=reduce, mix=mix)
-        return self.head(self.norm(x)[:, 0])
+            if taps is not None and index in self.feature_layers:
+                taps[index] = (x, sites[index].out_hw if sites else self.grid)
+        return x
+
+    def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
+        """Logits; `reduction` (a reduction.Spec, static under jit) shrinks the patch grid inside
+        blocks, the class token (position 0) kept aside."""
+        return self.head(self.norm(self.run_blocks(images, reduction=reduction, train=train))[:, 0])
+
+    def features(self, images: jax.Array, *, reduction=None, restore: bool = False,
+                 train: bool = False) -> list[jax.Array]:
+        """Maps for dense heads: for every block of `feature_layers`, (B, h, w, embed_dim).
+
+        As mmsegmentation's ViT backbone: the block's output tokens, the class token removed;
+        the last block's output through the final `norm` (as the classifier has it), the others
+        without. Under `reduction` the grid is the reduced one after that block; restore=True
+        maps it back onto the dense patch grid (`PositionMap`).
+        """
+        taps, plans = {}, ({} if restore else None)
+        self.run_blocks(images, reduction=reduction, train=train, taps=taps, plans=plans)
+        last = len(self.blocks) - 1
+        grids = {}
+        for index, (tokens, hw) in taps.items():
+            tokens = self.norm(tokens) if index == last else tokens
+            grids[index] = placement.split_class_token(tokens, 0, hw)[0]
+        return restore_taps(grids, plans, self.grid)
 
 
-def _reduce_with_class_token(reducer, site, x, y, *, index):
+def _reduce_with_class_token(reducer, site, x, y, *, index, plans=None):
     (x, cls_x), (y, cls_y) = (placement.split_class_token(t, 0, site.in_hw) for t in (x, y))
-    x, y = placement.reduce_pair(reducer, site, x, y, index=index)
+    x, y = placement.reduce_pair(reducer, site, x, y, index=index, plans=plans)
     return placement.join_class_token(x, cls_x, 0), placement.join_class_token(y, cls_y, 0)
 
 

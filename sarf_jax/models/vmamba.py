@@ -37,6 +37,7 @@ from flax import nnx
 from sarf_jax.models.common import check_images, check_positive_ints, check_rate
 from sarf_jax.models.registry import register
 from sarf_jax.reduction import placement
+from sarf_jax.reduction.restore import PositionMap
 from sarf_jax.nn.common import DropPath, Mlp
 from sarf_jax.nn.initializers import torch_default, trunc_normal
 from sarf_jax.nn.ss2d import SS2D
@@ -171,10 +172,15 @@ class Stage(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.downsample = downsample
 
-    def __call__(self, x: jax.Array, *, train: bool = False, reduce=None, mix=None) -> jax.Array:
-        """`reduce` / `mix`: one per block (or None), see VSSBlock."""
+    def run_blocks(self, x: jax.Array, *, train: bool = False, reduce=None, mix=None) -> jax.Array:
+        """The blocks alone (the stage's output for dense heads); `reduce` / `mix`: one per block
+        (or None), see VSSBlock."""
         for i, block in enumerate(self.blocks):
             x = block(x, train=train, reduce=reduce and reduce[i], mix=mix)
+        return x
+
+    def __call__(self, x: jax.Array, *, train: bool = False, reduce=None, mix=None) -> jax.Array:
+        x = self.run_blocks(x, train=train, reduce=reduce, mix=mix)
         return x if self.downsample is None else self.downsample(x)
 
 
@@ -214,6 +220,9 @@ class VMamba(nnx.Module):
       drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
       dtype: compute dtype (None: the input's); parameters, scans and pooling are float32.
       scan_impl, chunk_size: passed to `sarf_jax.ops.selective_scan`.
+      out_norms: give `features` a trainable LayerNorm per stage (the official detection backbone's
+        `outnorm{i}`, initialised (1, 0)); classification checkpoints do not hold them, so the
+        default uses the same norm without parameters, i.e. as initialised.
     """
 
     def __init__(
@@ -239,6 +248,7 @@ class VMamba(nnx.Module):
         dtype=None,
         scan_impl: str = "auto",
         chunk_size: int | None = None,
+        out_norms: bool = False,
         rngs: nnx.Rngs,
     ):
         check_positive_ints("VMamba", num_classes=num_classes, img_size=img_size, in_chans=in_chans,
@@ -279,6 +289,12 @@ class VMamba(nnx.Module):
             stages.append(Stage(blocks, downsample))
         self.layers = nnx.List(stages)
         self.classifier = Classifier(dims[-1], num_classes, dtype=dtype, rngs=rngs)
+        _check(isinstance(out_norms, bool), f"out_norms must be True or False, got {out_norms!r}")
+        self.outnorms = nnx.List([
+            nnx.LayerNorm(dim, epsilon=1e-5, use_fast_variance=False, use_scale=out_norms, use_bias=out_norms,
+                          rngs=rngs)
+            for dim in dims
+        ])
 
     def grid_sizes(self) -> list[int]:
         """Side of every stage's grid for img_size x img_size images."""
@@ -299,22 +315,64 @@ class VMamba(nnx.Module):
         downsample = self.layers[stage].downsample
         return downsample.output_size(hw[0]), downsample.output_size(hw[1])
 
-    def forward_features(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
-        """(batch, img_size, img_size, in_chans) -> (batch, dims[-1]) pooled features (the head's input)."""
+    def stage_outputs(self, images: jax.Array, *, reduction=None, train: bool = False, plans=None):
+        """Every stage's block output (before its downsample), on the stage's grid under `reduction`.
+
+        plans: a dict that receives the plan of every reducing block, by global block index.
+        """
         sites = self.reduction_sites(reduction)
         reducer = reduction.reducer("vmamba") if sites else None
         mix = placement.quartermap_mixer if sites and reducer.method == "quartermap" else None
         check_images("VMamba", images, self.img_size, self.in_chans)
         x = self.patch_embed(images)
-        index = 0
+        outputs, index = [], 0
         for stage in self.layers:
             reduce = None
             if sites and mix is None:
-                reduce = [functools.partial(placement.reduce_pair, reducer, sites[index + i], index=index + i)
+                reduce = [functools.partial(placement.reduce_pair, reducer, sites[index + i], index=index + i,
+                                            plans=plans)
                           for i in range(len(stage.blocks))]
-            x = stage(x, train=train, reduce=reduce, mix=mix)
+            x = stage.run_blocks(x, train=train, reduce=reduce, mix=mix)
+            outputs.append(x)
+            if stage.downsample is not None:
+                x = stage.downsample(x)
             index += len(stage.blocks)
-        return self.classifier.pool(x)
+        return outputs
+
+    def forward_features(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
+        """(batch, img_size, img_size, in_chans) -> (batch, dims[-1]) pooled features (the head's input)."""
+        return self.classifier.pool(self.stage_outputs(images, reduction=reduction, train=train)[-1])
+
+    def features(self, images: jax.Array, *, reduction=None, restore: bool = False,
+                 train: bool = False) -> list[jax.Array]:
+        """Multi-scale maps for dense heads: one (batch, h_i, w_i, dims[i]) array per stage.
+
+        Stage i's block output (before its downsample) through `outnorms[i]`, as the official
+        detection/segmentation backbone (`Backbone_VSSM`: `outnorm{i}`, the classifier removed).
+        Under `reduction` the grids are the reduced ones; restore=True maps each back onto the
+        stage's dense grid (`grid_sizes()`) with `sarf_jax.reduction.restore.PositionMap`.
+        """
+        plans = {} if restore else None
+        outputs = self.stage_outputs(images, reduction=reduction, train=train, plans=plans)
+        outputs = [norm(x) for norm, x in zip(self.outnorms, outputs)]
+        if not plans:
+            return outputs
+        return self._restore(outputs, plans)
+
+    def _restore(self, outputs, plans):
+        sides = self.grid_sizes()
+        position = PositionMap.identity(outputs[0], (sides[0], sides[0]))
+        restored, first = [], 0
+        for stage_index, (stage, x) in enumerate(zip(self.layers, outputs)):
+            if stage_index:
+                reduced = self._next_stage_hw(stage_index - 1, position.grid)
+                position = position.next_stage((sides[stage_index],) * 2, reduced)
+            for index in range(first, first + len(stage.blocks)):
+                if index in plans:
+                    position = position.then(plans[index])
+            restored.append(position.restore(x))
+            first += len(stage.blocks)
+        return restored
 
     def __call__(self, images: jax.Array, *, reduction=None, train: bool = False) -> jax.Array:
         """Logits; `reduction` (a reduction.Spec, static under jit) shrinks grids inside blocks."""

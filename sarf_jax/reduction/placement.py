@@ -55,13 +55,20 @@ def block_sites(spec: Spec | None, depths: Sequence[int], in_hw, *, next_stage_h
     return schedules.trace(spec.schedule, depths, in_hw, method=spec.method, next_stage_hw=next_stage_hw)
 
 
-def reduce_pair(reducer: Reducer, site: schedules.Site, x: jax.Array, y: jax.Array, *, index: int = 0):
-    """Plan `site`'s reduction on the reducer's metric and apply it to both x and y (B, H, W, C)."""
+def reduce_pair(reducer: Reducer, site: schedules.Site, x: jax.Array, y: jax.Array, *, index: int = 0,
+                plans: dict | None = None):
+    """Plan `site`'s reduction on the reducer's metric and apply it to both x and y (B, H, W, C).
+
+    plans: when given, the plan is also stored as plans[index] (for restoring features, see
+    `sarf_jax.reduction.restore`); sites that keep their grid store nothing.
+    """
     if site.out_hw == site.in_hw or reducer.method == "quartermap":
         return x, y
     metric = x if reducer.metric_source == "block_input" else y
     key = jax.random.fold_in(jax.random.key(0), index) if reducer.method == "random" else None
     plan = reducer.plan(metric, site.out_hw, key=key)
+    if plans is not None:
+        plans[index] = plan
     return plan(x), plan(y)
 
 

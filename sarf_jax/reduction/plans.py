@@ -14,7 +14,10 @@ Three kinds, by how many source tokens feed an output token:
 - `ScatterPlan`: an unbounded group (the ToMe baseline, where any number of tokens may pick the
   same partner); every source token is added, with a weight, into one output slot or dropped.
 
-Every plan also has `matrix()`, the dense (B, H'·W', H·W) linear map, for tests and inspection.
+Every plan also has `matrix()`, the dense (B, H'·W', H·W) linear map, for tests and inspection,
+and `restore_index()`, its transpose as a gather: for every input position, the output token that
+stands for it there (used to bring reduced feature maps back onto the full grid, see
+`sarf_jax.reduction.restore`).
 """
 
 from __future__ import annotations
@@ -46,6 +49,49 @@ def _gather_tokens(tokens, index):
     return jnp.take_along_axis(tokens, index[..., None], axis=1)
 
 
+def _claimed_positions(sources, valid, in_hw, out_tokens):
+    """(B, H, W) int32: for every input position, the lowest output index o whose group holds it.
+
+    sources, valid: (B, L', K) source raster indices of each output token and whether slot k is
+    used. Positions no output token draws from get `out_tokens` (the "unclaimed" mark).
+    """
+    batch, length = sources.shape[0], in_hw[0] * in_hw[1]
+    owner = jnp.broadcast_to(jnp.arange(out_tokens, dtype=jnp.int32)[:, None], sources.shape[1:])
+    claims = jnp.where(valid, owner, out_tokens).reshape(batch, -1)
+
+    def claim(src, who):
+        return jnp.full(length, out_tokens, jnp.int32).at[src].min(who)
+
+    claimed = jax.vmap(claim)(sources.reshape(batch, -1), claims)
+    return claimed.reshape(batch, *in_hw)
+
+
+def fill_nearest(index, missing: int):
+    """Give every position of (B, H, W) `index` that holds `missing` the value at the nearest
+    position that does not, nearest by Euclidean distance on the grid; ties go to the lower row,
+    then the lower column (the lowest raster index). Exact, in O(H·W·H) per image: the nearest
+    claimed column within every row (two cumulative scans), then the best row per column.
+    An image with no claimed position keeps `missing`.
+    """
+    _, height, width = index.shape
+    claimed = index != missing
+    far = height + width  # larger than any in-grid distance along one axis
+    col = jnp.arange(width, dtype=jnp.int32)
+    left = jax.lax.cummax(jnp.where(claimed, col, -1), axis=2)
+    right = jax.lax.cummin(jnp.where(claimed, col, width), axis=2, reverse=True)
+    left_gap = jnp.where(left >= 0, col - left, far)
+    right_gap = jnp.where(right < width, right - col, far)
+    take_left = left_gap <= right_gap
+    row_gap = jnp.minimum(left_gap, right_gap)  # (B, H, W): distance to the row's nearest claim
+    row_value = jnp.take_along_axis(index, jnp.where(take_left, jnp.maximum(left, 0),
+                                                     jnp.minimum(right, width - 1)), axis=2)
+    rows = jnp.arange(height, dtype=jnp.int32)
+    cost = (rows[:, None] - rows[None, :])[None, :, :, None] ** 2 + row_gap[:, None, :, :] ** 2
+    best_row = jnp.argmin(cost, axis=2).astype(jnp.int32)  # (B, H, W); first minimum: lower row
+    filled = jnp.take_along_axis(row_value, best_row, axis=1)
+    return jnp.where(claimed, index, filled)
+
+
 @struct.dataclass
 class GatherPlan:
     """Keep one source token per output token: out[b, i, j] = x[b, index[b, i, j]].
@@ -70,6 +116,14 @@ class GatherPlan:
         """Dense (B, H'·W', H·W) 0/1 map: row o has a single 1 at the source of output token o."""
         size = self.in_hw[0] * self.in_hw[1]
         return jax.nn.one_hot(self.index.reshape(self.index.shape[0], -1), size, dtype=jnp.float32)
+
+    def restore_index(self):
+        """(B, H, W) int32: for every input position, the raster index of the output token that
+        keeps it, or for a dropped position that of the nearest kept one (`fill_nearest`)."""
+        sources = self.index.reshape(self.index.shape[0], -1, 1)
+        out_tokens = sources.shape[1]
+        claimed = _claimed_positions(sources, jnp.ones_like(sources, bool), self.in_hw, out_tokens)
+        return fill_nearest(claimed, out_tokens)
 
 
 @struct.dataclass
@@ -105,6 +159,16 @@ class MergePlan:
         one_hot = jax.nn.one_hot(self.index.reshape(batch, -1, slots), size, dtype=jnp.float32)
         return jnp.sum(one_hot * self.weight.reshape(batch, -1, slots, 1), axis=-2)
 
+    def restore_index(self):
+        """(B, H, W) int32: for every input position, the output token whose group holds it (a
+        merged token stands for all of its sources; a source in several groups goes to the lowest
+        output index), or for a position in no group that of the nearest grouped one."""
+        batch, slots = self.index.shape[0], self.index.shape[-1]
+        sources = self.index.reshape(batch, -1, slots)
+        valid = self.weight.reshape(batch, -1, slots) > 0
+        claimed = _claimed_positions(sources, valid, self.in_hw, sources.shape[1])
+        return fill_nearest(claimed, sources.shape[1])
+
 
 @struct.dataclass
 class ScatterPlan:
@@ -135,6 +199,13 @@ class ScatterPlan:
         slots = self.out_hw[0] * self.out_hw[1]
         one_hot = jax.nn.one_hot(self.dest, slots + 1, dtype=jnp.float32)[..., :slots]  # (B, L, L')
         return jnp.swapaxes(one_hot * self.weight[..., None], 1, 2)
+
+    def restore_index(self):
+        """(B, H, W) int32: for every input position, the output slot it is added into, or for a
+        dropped position the slot of the nearest kept one."""
+        slots = self.out_hw[0] * self.out_hw[1]
+        claimed = jnp.where((self.dest < slots) & (self.weight > 0), self.dest, slots).astype(jnp.int32)
+        return fill_nearest(claimed.reshape(self.dest.shape[0], *self.in_hw), slots)
 
 
 Plan = GatherPlan | MergePlan | ScatterPlan
