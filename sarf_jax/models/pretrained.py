@@ -86,7 +86,7 @@ def load_pretrained(directory, *, rngs: nnx.Rngs | None = None, step: int | None
         model = _load_training_checkpoint(directory, model, step, weights)
         return (model, info) if with_info else model
     graphdef, stored, rest = nnx.split(model, (nnx.Param, nnx.BatchStat), ...)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), stored)
+    target = _local_abstract(stored)
     with ocp.StandardCheckpointer() as checkpointer:
         metadata = checkpointer.metadata(directory / STATE_DIR)
         metadata = getattr(metadata, "item_metadata", metadata)
@@ -96,10 +96,17 @@ def load_pretrained(directory, *, rngs: nnx.Rngs | None = None, step: int | None
     return (model, info) if with_info else model
 
 
+def _local_abstract(tree):
+    """Restore targets on this process's first device: every process of a multi-process run reads
+    whole arrays (without a target sharding, Orbax would reuse the saving run's devices)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+
+
 def _load_training_checkpoint(directory: pathlib.Path, model: nnx.Module, step: int | None, weights: str):
     """`model` with the params / EMA params (and model state) of a train.py checkpoint."""
     graphdef, params, rng_state, model_state = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+    abstract = _local_abstract
     with ocp.CheckpointManager(directory / TRAINING_CHECKPOINTS, item_handlers={"state": ocp.PyTreeCheckpointHandler()},
                                options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
         step = manager.latest_step() if step is None else step
@@ -113,8 +120,9 @@ def _load_training_checkpoint(directory: pathlib.Path, model: nnx.Module, step: 
         target = {weights: abstract(params)}
         if jax.tree.leaves(model_state):
             target["model_state"] = abstract(model_state)
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)  # the targets' devices
         restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(target, partial_restore=True))).state
+            state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True))).state
     return nnx.merge(graphdef, restored[weights], rng_state, restored.get("model_state", model_state))
 
 
