@@ -17,11 +17,18 @@ from __future__ import annotations
 import dataclasses
 
 import grain
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sarf_jax.data import augment
 
 TRAIN_CROPS = ("pad_crop", "random_resized_crop", "resize")
+
+
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+    """uint8 (or float in [0, 255]) NHWC -> float32 (x / 255 - mean) / std per channel, on the device."""
+    return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 class HostSlice(grain.MapDataset):

@@ -20,7 +20,9 @@ def write_reports(workdir) -> list[pathlib.Path]:
         writer.writeheader()
         writer.writerows(entries)
     lines = [f"Device {meta.get('device', '?')}, batch {meta.get('batch_size', '?')}, "
-             f"{meta.get('img_size', '?')} px{'' if results.get('complete') else ' (INCOMPLETE)'}", "",
+             f"{meta.get('img_size', '?')} px{'' if results.get('complete') else ' (INCOMPLETE)'}; accuracy on "
+             f"{meta.get('devices', '?')} device(s) in {meta.get('processes', '?')} process(es), images/s on "
+             f"{meta.get('images_per_s_devices', '?')}", "",
              "| weights | reduction | top-1 | top-5 | Δ top-1 | GFLOPs | images/s |",
              "|---|---|---|---|---|---|---|"]
     for e in entries:

@@ -1,4 +1,5 @@
-"""A sweep: one model, several reduction specs, each evaluated for accuracy, GFLOPs and images/s.
+"""A sweep: one model, several reduction specs, each evaluated for accuracy (evaluate.sharded, on
+the whole mesh), GFLOPs and images/s.
 
 Entries are written to results.json as they finish (atomically, with `"complete": false` until the
 last one), so an interrupted sweep resumes where it stopped and never claims completeness early.
@@ -13,7 +14,6 @@ import pathlib
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -21,40 +21,13 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from sarf_jax import parallel
 from sarf_jax import reduction as reduction_lib
+from sarf_jax.evaluate import sharded
 from sarf_jax.evaluate.flops import model_gflops
 from sarf_jax.evaluate.timing import median_seconds
 
 RESULTS_FILE = "results.json"
-
-
-def accuracy(model, batches: Iterable[dict], spec, *, preprocess=None,
-             progress: Callable[[int], None] | None = None) -> dict:
-    """Top-1 / top-5 over batches {"image": NHWC, "label", optional "mask" (0 = padding)}.
-
-    `preprocess(images) -> model inputs` (e.g. train.step.normalize with the training statistics)
-    runs inside the compiled function; one compiled function per spec.
-    """
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def correct(state, images, labels, mask):
-        inputs = images.astype(jnp.float32) if preprocess is None else preprocess(images)
-        logits = nnx.merge(graphdef, state)(inputs, reduction=spec)
-        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-        hits = top5 == labels[:, None]
-        return (hits[:, 0] * mask).sum(), (hits.any(axis=1) * mask).sum(), mask.sum()
-
-    top1 = top5 = seen = 0
-    for batch in batches:
-        mask = batch.get("mask", np.ones(len(batch["label"]), np.float32))
-        c1, c5, count = correct(state, jnp.asarray(batch["image"]), jnp.asarray(batch["label"]), jnp.asarray(mask))
-        top1, top5, seen = top1 + float(c1), top5 + float(c5), seen + int(count)
-        if progress:
-            progress(int(count))
-    if seen == 0:
-        raise ValueError("accuracy: the evaluation split produced no examples")
-    return {"top1": top1 / seen, "top5": top5 / seen, "examples": seen}
 
 
 def images_per_second(model, spec, *, batch_size: int, img_size: int, in_chans: int, repeats: int = 5) -> float:
@@ -68,19 +41,24 @@ def images_per_second(model, spec, *, batch_size: int, img_size: int, in_chans: 
 
 @dataclasses.dataclass
 class SweepResults:
-    """results.json: {"complete": bool, "device": str, "entries": [{"weights", "reduction", ...}]}."""
+    """results.json: {"complete": bool, "meta": {...}, "entries": [{"weights", "reduction", ...}]}.
+
+    Only the writer (process 0) reads and writes the file; the other processes keep their entries
+    in memory.
+    """
 
     path: pathlib.Path
     entries: list = dataclasses.field(default_factory=list)
     meta: dict = dataclasses.field(default_factory=dict)
+    writer: bool = True
 
     @classmethod
-    def open(cls, workdir, meta: dict) -> "SweepResults":
+    def open(cls, workdir, meta: dict, *, writer: bool = True) -> "SweepResults":
         path = pathlib.Path(workdir) / RESULTS_FILE
-        if path.is_file():
+        if writer and path.is_file():
             stored = json.loads(path.read_text())
-            return cls(path, stored.get("entries", []), {**stored.get("meta", {}), **meta})
-        return cls(path, [], meta)
+            return cls(path, stored.get("entries", []), {**stored.get("meta", {}), **meta}, writer)
+        return cls(path, [], meta, writer)
 
     def find(self, weights: str, label: str):
         return next((e for e in self.entries if (e["weights"], e["reduction"]) == (weights, label)), None)
@@ -90,6 +68,8 @@ class SweepResults:
         self.write(complete=complete)
 
     def write(self, *, complete: bool) -> None:
+        if not self.writer:
+            return
         payload = json.dumps({"complete": complete, "meta": self.meta, "entries": self.entries}, indent=2)
         handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".results.", suffix=".json")
         with os.fdopen(handle, "w") as file:
@@ -97,42 +77,75 @@ class SweepResults:
         os.replace(temporary, self.path)
 
 
+def _from_process_0(flags: list[bool]) -> list[bool]:
+    """Process 0's `flags` on every process (only process 0 reads results.json, so it decides
+    which entries are left to run; every process must run the same ones)."""
+    if jax.process_count() == 1:
+        return flags
+    from jax.experimental import multihost_utils
+
+    return [bool(f) for f in multihost_utils.broadcast_one_to_all(np.asarray(flags, np.int32))]
+
+
+def sweep_meta(mesh, *, batch_size: int, img_size: int) -> dict:
+    """What ran where: accuracy on the whole mesh, images/s on one device of process 0."""
+    device = jax.local_devices()[0]
+    return {"device": f"{device.platform}:{device.device_kind}", "batch_size": batch_size, "img_size": img_size,
+            "mesh": dict(mesh.shape), "devices": mesh.size, "processes": jax.process_count(),
+            "images_per_s_devices": 1}
+
+
 def run_sweep(models_by_weights: dict, specs, batches_fn, *, workdir, img_size: int, in_chans: int,
-              batch_size: int, preprocess=None, log=print, progress: bool = False) -> SweepResults:
+              batch_size: int, mesh=None, preprocess=None, log=print, progress: bool = False) -> SweepResults:
     """Evaluate every (weights, spec); skip entries already in workdir/results.json.
 
-    models_by_weights: {"raw": model, "ema": model}; batches_fn() -> a fresh iterable of batches.
+    models_by_weights: {"raw": model, "ema": model}, weights of one model, the same on every process; batches_fn() -> a
+    fresh iterable of this host's share of each global batch of `batch_size` (data.eval_iterator).
+    mesh: where accuracy runs (default: every device on the data axis); images/s is measured on
+    one device. Every process calls this; only process 0 logs and writes results.json.
     Every spec is checked (its schedule resolved against each model) before anything runs.
     progress: a tqdm bar over the entries on stderr (log lines are written above it).
     """
-    for model in models_by_weights.values():
+    structure = nnx.graphdef(next(iter(models_by_weights.values())))
+    for weights, model in models_by_weights.items():
+        if nnx.graphdef(model) != structure:
+            raise ValueError(f"run_sweep: models_by_weights[{weights!r}] is not the same model as the "
+                             "others (a sweep evaluates several weights of one model)")
         for spec in specs:
             model.reduction_sites(spec)  # a bad schedule fails here, before any evaluation
-    device = jax.devices()[0]
-    results = SweepResults.open(workdir, {"device": f"{device.platform}:{device.device_kind}",
-                                          "batch_size": batch_size, "img_size": img_size})
-    todo = [(w, s) for w in models_by_weights for s in specs if not results.find(w, reduction_lib.spec_label(s))]
-    done = len(models_by_weights) * len(specs) - len(todo)
+    mesh = parallel.make_mesh({"data": -1}) if mesh is None else mesh
+    sharded.check_batch_size(mesh, batch_size)
+    writer = jax.process_index() == 0
+    log = log if writer else (lambda *args: None)
+    results = SweepResults.open(workdir, sweep_meta(mesh, batch_size=batch_size, img_size=img_size), writer=writer)
+    pairs = [(w, s) for w in models_by_weights for s in specs]
+    finished = _from_process_0([results.find(w, reduction_lib.spec_label(s)) is not None for w, s in pairs])
+    todo = [pair for pair, skip in zip(pairs, finished) if not skip]
+    done = len(pairs) - len(todo)
     if done:
         log(f"resuming: {done} finished entries kept, {len(todo)} to run")
-    bar = tqdm(total=len(todo), unit="entry", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    placed = {w: sharded.on_mesh(m, mesh) for w, m in models_by_weights.items()}
+    evaluator = sharded.Evaluator(next(iter(placed.values()))[0], mesh, preprocess=preprocess)
+    bar = tqdm(total=len(todo), unit="entry", disable=not (progress and writer), file=sys.stderr, dynamic_ncols=True)
     for index, (weights, spec) in enumerate(todo):
         model = models_by_weights[weights]
         label = reduction_lib.spec_label(spec)
         bar.set_description(f"{weights} {label}")
         start = time.perf_counter()
-        scores = accuracy(model, batches_fn(), spec, preprocess=preprocess)
+        scores = evaluator(placed[weights][1], batches_fn(), spec)
+        speed = (images_per_second(model, spec, batch_size=batch_size, img_size=img_size, in_chans=in_chans)
+                 if writer else None)
         entry = {
             "weights": weights, "reduction": label, "method": "none" if spec is None else spec.method,
             **scores, "gflops": model_gflops(model, img_size, in_chans=in_chans, reduction=spec),
-            "images_per_s": images_per_second(model, spec, batch_size=batch_size, img_size=img_size,
-                                              in_chans=in_chans),
+            "images_per_s": speed,
         }
         results.add(entry, complete=False)
-        (bar.write if progress else log)(
-            f"[{done + index + 1}/{done + len(todo)}] {weights} {label}: top1 {entry['top1']:.4f} "
-            f"top5 {entry['top5']:.4f} {entry['gflops']:.4f} GFLOPs {entry['images_per_s']:.0f} img/s "
-            f"({time.perf_counter() - start:.0f} s)")
+        if writer:
+            (bar.write if progress else log)(
+                f"[{done + index + 1}/{len(pairs)}] {weights} {label}: top1 {entry['top1']:.4f} "
+                f"top5 {entry['top5']:.4f} {entry['gflops']:.4f} GFLOPs {speed:.0f} img/s "
+                f"({time.perf_counter() - start:.0f} s)")
         bar.update(1)
     bar.close()
     for entry in results.entries:  # drop vs the dense model of the same weights

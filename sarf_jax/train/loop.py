@@ -9,11 +9,13 @@ Order of events:
    ("starting from scratch");
 4. the loop saves every checkpoint_every steps and at the last step, saves and stops early on
    SIGTERM (preemption), and stops with FloatingPointError on a non-finite loss without saving;
-5. the final params (and EMA params) are evaluated on the eval split.
+5. the final params (and EMA params) are evaluated on the eval split (evaluate.sharded, which
+   eval.py uses too).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -24,13 +26,14 @@ from flax import nnx
 from sarf_jax import data as data_lib
 from sarf_jax import parallel
 from sarf_jax import reduction as reduction_lib
+from sarf_jax.evaluate import sharded
 from sarf_jax.models import pretrained
 from sarf_jax.train import config as config_lib
 from sarf_jax.train import optimizer as optimizer_lib
 from sarf_jax.train.checkpoint import Checkpointer, PreemptionWatcher
 from sarf_jax.train.metrics import MetricWriter, ProgressBar, Throughput
 from sarf_jax.train.state import ModelSpec, init_train_state, load_initial_params
-from sarf_jax.train.step import make_eval_step, make_train_step
+from sarf_jax.train.step import make_train_step
 
 
 def _say(message: str) -> None:
@@ -38,23 +41,13 @@ def _say(message: str) -> None:
         print(message, flush=True)
 
 
-def _to_global(batch: dict, sharding) -> dict:
-    """This host's numpy batch -> global jax.Arrays split over the mesh's batch axes."""
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
-
-
-def evaluate(eval_step, params, model_state, source, config, sharding) -> dict:
-    """Top-1 / top-5 accuracy and mean loss of `params` on the whole of `source`."""
-    totals = None
-    for batch in data_lib.eval_iterator(source, config.data, global_batch_size=config.eval_batch_size,
-                                        process_index=jax.process_index(), process_count=jax.process_count(),
-                                        channels=np.shape(source[0]["image"])[-1]):
-        sums = eval_step(params, model_state, _to_global(batch, sharding))
-        totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    totals = jax.device_get(totals)
-    count = float(totals["count"])
-    return {"accuracy": totals["correct"] / count, "top5": totals["correct_top5"] / count,
-            "loss": totals["loss"] / count}
+def evaluate(evaluator: sharded.Evaluator, setup, weights, model_state, source, config) -> dict:
+    """Top-1 / top-5 accuracy and mean loss of `weights` (params or EMA) on the whole of `source`."""
+    batches = data_lib.eval_iterator(source, config.data, global_batch_size=config.eval_batch_size,
+                                     process_index=jax.process_index(), process_count=jax.process_count(),
+                                     channels=np.shape(source[0]["image"])[-1])
+    scores = evaluator((weights, setup.rng_state, model_state), batches, reduction_lib.parse_spec(config.reduction))
+    return {"accuracy": scores["top1"], "top5": scores["top5"], "loss": scores["loss"]}
 
 
 def prepare(config, devices=None):
@@ -120,7 +113,7 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
     stats = dict(mean=train_source.mean, std=train_source.std)
     train_step = make_train_step(setup, config, tx, schedule, num_classes=spec.num_classes,
                                  batch_sharding=batch_sharding, **stats)
-    eval_step = make_eval_step(setup, config, batch_sharding=batch_sharding, **stats)
+    evaluator = sharded.Evaluator(setup.graphdef, mesh, preprocess=functools.partial(data_lib.normalize, **stats))
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     step = int(jax.device_get(state["step"]))
     progress = ProgressBar(config.total_steps, step, enabled=config.progress_bar and jax.process_index() == 0)
@@ -156,7 +149,7 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
                 _say(f"preempted: saved a checkpoint at step {step} in {checkpointer.directory}; "
                      "run the same command to resume")
                 return {"preempted_at_step": step}
-            batch = _to_global(next(train_iterator), batch_sharding)
+            batch = sharded.global_batch(next(train_iterator), batch_sharding)
             state, metrics = train_step(state, batch)
             if pending is not None:
                 check(*pending)
@@ -167,16 +160,16 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
                 pending = None
                 checkpointer.save(step, state, train_iterator)
             if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
-                writer.write(step, "eval", evaluate(eval_step, state["params"], state["model_state"],
-                                                    eval_source, config, batch_sharding))
+                writer.write(step, "eval", evaluate(evaluator, setup, state["params"], state["model_state"],
+                                                    eval_source, config))
         if pending is not None:
             check(*pending)
         progress.close()
-        results = {f"eval_{k}": v for k, v in evaluate(eval_step, state["params"], state["model_state"],
-                                                         eval_source, config, batch_sharding).items()}
-        if "ema" in state:
-            results.update({f"ema_eval_{k}": v for k, v in evaluate(
-                eval_step, state["ema"], state["model_state"], eval_source, config, batch_sharding).items()})
+        results = {}
+        for prefix, weights in (("eval_", "params"), ("ema_eval_", "ema")):
+            if weights in state:
+                results.update({prefix + k: v for k, v in evaluate(evaluator, setup, state[weights],
+                                                                    state["model_state"], eval_source, config).items()})
         writer.write(step, "final", results)
         _say("final: " + json.dumps({k: round(float(v), 4) for k, v in results.items()}))
         return results

@@ -1,4 +1,5 @@
-"""The jitted train and eval steps (pure functions of the train state and a global batch).
+"""The jitted train step (a pure function of the train state and a global batch); evaluation is
+evaluate.sharded's.
 
 Train step: normalise uint8 images on the device -> smoothed one-hot targets -> mixup/cutmix ->
 forward (optionally under a reduction spec) -> cross-entropy -> gradients, accumulated over
@@ -19,15 +20,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from sarf_jax.data import mixup_cutmix
+from sarf_jax.data import mixup_cutmix, normalize
 from sarf_jax.parallel import path_string
 from sarf_jax.reduction import parse_spec
 from sarf_jax.train.state import split_model
-
-
-def normalize(images: jax.Array, mean, std) -> jax.Array:
-    """uint8 (or float in [0, 255]) NHWC -> float32 (x / 255 - mean) / std per channel."""
-    return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
 def _reseed_policy(path, key, shape):
@@ -113,22 +109,3 @@ def make_train_step(setup, config, tx: optax.GradientTransformation, schedule, *
 
     return jax.jit(train_step, in_shardings=(setup.state_shardings, batch_sharding),
                    out_shardings=(setup.state_shardings, None), donate_argnums=0)
-
-
-def make_eval_step(setup, config, *, mean, std, batch_sharding):
-    """jitted (params, model_state, batch) -> summed {correct, correct_top5, loss, count}."""
-
-    reduction = parse_spec(config.reduction)
-
-    def eval_step(params, model_state, batch):
-        logits, _ = apply_model(setup, params, model_state, normalize(batch["image"], mean, std),
-                                train=False, reduction=reduction)
-        labels, mask = batch["label"], batch["mask"]
-        top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        return {"correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-                "correct_top5": jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
-                "loss": jnp.sum(loss * mask), "count": jnp.sum(mask)}
-
-    shardings = setup.state_shardings
-    return jax.jit(eval_step, in_shardings=(shardings["params"], shardings["model_state"], batch_sharding))

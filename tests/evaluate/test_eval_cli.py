@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -45,8 +46,36 @@ def test_eval_writes_results_for_raw_and_ema_weights_and_resumes(trained_workdir
             assert entry["gflops"] < entries[weights, "none"]["gflops"]
             assert entry["top1_drop"] == pytest.approx(entries[weights, "none"]["top1"] - entry["top1"])
 
+    # training's final evaluation and eval.py share evaluate.sharded: the same numbers
+    final = [json.loads(line) for line in (trained_workdir / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["split"] == "final"
+    for weights, prefix in (("raw", "eval_"), ("ema", "ema_eval_")):
+        dense = entries[weights, "none"]
+        assert (dense["top1"], dense["top5"]) == (final[prefix + "accuracy"], final[prefix + "top5"])
+        assert dense["loss"] == pytest.approx(final[prefix + "loss"], rel=1e-5)
+
     again = run(*args)
     assert again.returncode == 0 and "6 finished entries kept, 0 to run" in again.stdout + again.stderr
+
+
+def test_two_processes_read_a_training_workdir_and_match_its_final_evaluation(trained_workdir, tmp_path):
+    """Every process restores the checkpoint onto its own device, then evaluates its share."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(trained_workdir, workdir, ignore=shutil.ignore_patterns("results*", "*.png"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
+    processes = [subprocess.Popen(
+        [sys.executable, "eval.py", f"--workdir={workdir}", "--batch_size=8", "--weights=params",
+         f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for i in range(2)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+    (entry,) = json.loads((workdir / "results.json").read_text())["entries"]
+    final = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()][-1]
+    assert entry["examples"] == 16 and (entry["top1"], entry["top5"]) == (final["eval_accuracy"], final["eval_top5"])
 
 
 def test_eval_errors_are_clear_and_write_nothing(tmp_path, trained_workdir):

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from sarf_jax import models, reduction
-from sarf_jax.evaluate import flops, report, sweep
+from sarf_jax.evaluate import flops, report, sharded, sweep
 
 
 def test_parse_spec_reads_method_schedule_and_options():
@@ -38,8 +38,9 @@ def test_sweep_evaluates_each_entry_once_resumes_and_reports(tmp_path, monkeypat
     assert all(0 <= e["top1"] <= e["top5"] <= 1 and e["examples"] == 16 for e in results.entries)
 
     evaluated = []
-    original = sweep.accuracy
-    monkeypatch.setattr(sweep, "accuracy", lambda *a, **k: evaluated.append(a[2]) or original(*a, **k))
+    original = sharded.Evaluator.__call__
+    monkeypatch.setattr(sharded.Evaluator, "__call__",
+                        lambda self, *a, **k: evaluated.append(a[2]) or original(self, *a, **k))
     results = sweep.run_sweep({"raw": model}, specs, lambda: iter(data), **kwargs)
     assert evaluated == [specs[2]]  # the two finished entries were not recomputed
     gflops = [results.find("raw", reduction.spec_label(s))["gflops"] for s in specs]
@@ -56,4 +57,13 @@ def test_a_bad_spec_fails_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match=r"layer indices \[5\] do not exist"):
         sweep.run_sweep({"raw": model}, [None, reduction.Spec("sarf_evit", {5: 100})], lambda: iter([]),
                         workdir=tmp_path, img_size=28, in_chans=1, batch_size=8)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_a_sweep_is_over_weights_of_one_model(tmp_path):
+    create = lambda depth: models.create("vim_mini", num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0),
+                                         depth=depth)
+    with pytest.raises(ValueError, match=r"models_by_weights\['ema'\] is not the same model"):
+        sweep.run_sweep({"raw": create(3), "ema": create(2)}, [None], lambda: iter([]), workdir=tmp_path,
+                        img_size=28, in_chans=1, batch_size=8)
     assert not (tmp_path / "results.json").exists()
