@@ -20,9 +20,8 @@ import importlib.util
 import json
 import pathlib
 import re
-import sys
 
-from absl import app, flags, logging
+from absl import flags
 
 flags.DEFINE_string("workdir", None, "Training workdir or converted model directory.")
 flags.DEFINE_multi_string("reduction", [], "METHOD[:SCHEDULE][:window=W][:merge=M]; repeatable.")
@@ -124,55 +123,56 @@ def data_config(workdir: pathlib.Path, img_size: int):
     return data
 
 
+def load_models(workdir: pathlib.Path):
+    """({"raw": model, "ema": model}, model.json) as --weights asks; "all" skips EMA where there is none."""
+    from sarf_jax.models.pretrained import load_pretrained
+
+    models, info = {}, None
+    for name in ["params", "ema"] if FLAGS.weights == "all" else [FLAGS.weights]:
+        try:
+            models["raw" if name == "params" else "ema"], info = load_pretrained(workdir, weights=name, with_info=True)
+        except ValueError as error:
+            if FLAGS.weights != "all" or name == "params" or "without EMA" not in str(error):
+                raise
+    return models, info
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
     import jax
     import numpy as np
 
     from sarf_jax import data as data_lib
     from sarf_jax import parallel, reduction
     from sarf_jax.evaluate import report, sharded, sweep
-    from sarf_jax.models.pretrained import load_pretrained
 
     workdir = pathlib.Path(FLAGS.workdir)
-    try:
-        parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-        mesh = make_mesh(workdir)
-        global_batch = batch_size(mesh)
-        sharded.check_batch_size(mesh, global_batch, "--batch_size")
-        texts = (load_sweep(FLAGS.sweep) if FLAGS.sweep else []) + FLAGS.reduction
-        specs = list(dict.fromkeys(map(reduction.parse_spec, texts or ["none"])))
-        if None not in specs:
-            specs.insert(0, None)  # the dense model is always the reference point
-        weights = ["params", "ema"] if FLAGS.weights == "all" else [FLAGS.weights]
-        models = {}
-        for name in weights:
-            try:
-                models["raw" if name == "params" else "ema"], info = load_pretrained(workdir, weights=name, with_info=True)
-            except ValueError as error:
-                if FLAGS.weights != "all" or name == "params" or "without EMA" not in str(error):
-                    raise
-        data = data_config(workdir, info["img_size"])
-        split = FLAGS.split or data.get("eval_split", "test")
-        source = data_lib.make_source(data, split)
-        channels = np.shape(source[0]["image"])[-1]
-        preprocess = functools.partial(data_lib.normalize, mean=source.mean, std=source.std)  # as training did
-        batches = lambda: data_lib.eval_iterator(source, data, global_batch_size=global_batch, channels=channels,
-                                                 process_index=jax.process_index(),
-                                                 process_count=jax.process_count())
-        sweep.run_sweep(models, specs, batches, workdir=workdir, img_size=info["img_size"],
-                        in_chans=info["in_chans"], batch_size=global_batch, mesh=mesh, preprocess=preprocess,
-                        progress=True)
-        paths = report.write_reports(workdir) if jax.process_index() == 0 else []
-    except ValueError as error:
-        print(f"eval.py: error: {error}", file=sys.stderr)
-        sys.exit(1)
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    mesh = make_mesh(workdir)
+    global_batch = batch_size(mesh)
+    sharded.check_batch_size(mesh, global_batch, "--batch_size")
+    texts = (load_sweep(FLAGS.sweep) if FLAGS.sweep else []) + FLAGS.reduction
+    specs = list(dict.fromkeys(map(reduction.parse_spec, texts or ["none"])))
+    if None not in specs:
+        specs.insert(0, None)  # the dense model is always the reference point
+    models, info = load_models(workdir)
+    data = data_config(workdir, info["img_size"])
+    split = FLAGS.split or data.get("eval_split", "test")
+    source = data_lib.make_source(data, split)
+    channels = np.shape(source[0]["image"])[-1]
+    preprocess = functools.partial(data_lib.normalize, mean=source.mean, std=source.std)  # as training did
+    batches = lambda: data_lib.eval_iterator(source, data, global_batch_size=global_batch, channels=channels,
+                                             process_index=jax.process_index(),
+                                             process_count=jax.process_count())
+    sweep.run_sweep(models, specs, batches, workdir=workdir, img_size=info["img_size"],
+                    in_chans=info["in_chans"], batch_size=global_batch, mesh=mesh, preprocess=preprocess,
+                    progress=True)
+    paths = report.write_reports(workdir) if jax.process_index() == 0 else []
     if jax.process_index() == 0:
         print((workdir / "results.md").read_text())
         print("wrote " + ", ".join(str(p) for p in [workdir / "results.json", *paths]))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from sarf_jax import cli
+
+    cli.run(main, "eval.py")

@@ -10,7 +10,7 @@ arguments); elsewhere run one process per host with --coordinator_address=HOST:P
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
@@ -22,24 +22,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
-def parse_flags(argv):
-    """absl flag parsing with one clear line for a bad --config.* override (unknown key, bad type)."""
-    try:
-        return FLAGS(argv)
-    except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as error:
-        bad = str(error).strip("\"'")
-        culprit = next((a for a in argv if a.startswith("--config.") and bad and bad in a), None)
-        where = f" in {culprit}" if culprit else ""
-        print(f"train.py: error: invalid config override{where}: {type(error).__name__}: {bad} "
-              "(overrides must name a key that the config file defines, with a value of its type)",
-              file=sys.stderr)
-        sys.exit(2)
+CONFIG_ERRORS = (AttributeError, KeyError, TypeError, ValueError, flags.Error)
+
+
+def explain_config_error(argv: list[str], error: Exception) -> str:
+    """One line for a bad --config.* override (unknown key, bad type) or another bad flag."""
+    bad = str(error).strip("\"'")
+    culprit = next((a for a in argv if a.startswith("--config.") and bad and bad in a), None)
+    where = f" in {culprit}" if culprit else ""
+    return (f"invalid config override{where}: {type(error).__name__}: {bad} (overrides must name a key that "
+            "the config file defines, with a value of its type)")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a save at INFO
     from sarf_jax import parallel
 
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -47,10 +42,13 @@ def main(argv):
 
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FloatingPointError) as error:
+    except FloatingPointError as error:  # the run diverged: not a usage error
         print(f"train.py: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    from sarf_jax import cli
+
+    cli.run(main, "train.py", flag_errors=CONFIG_ERRORS, explain=explain_config_error)

@@ -15,14 +15,20 @@ from collections.abc import Callable
 from absl import app, flags, logging
 
 
-def run(main: Callable[[list[str]], int | None], program: str) -> None:
-    """`app.run(main)` with one-line errors (`PROGRAM: error: ...`, exit 2); main's return is the exit code."""
+def run(main: Callable[[list[str]], int | None], program: str, *,
+        flag_errors: tuple[type[Exception], ...] = (flags.Error,),
+        explain: Callable[[list[str], Exception], str] | None = None) -> None:
+    """`app.run(main)` with one-line errors (`PROGRAM: error: ...`, exit 2); main's return is the exit code.
+
+    `flag_errors` are the exceptions that parsing may raise for bad input (ml_collections' config
+    overrides raise more than absl's flags.Error); `explain(argv, error)` words them.
+    """
 
     def parse(argv: list[str]) -> list[str]:
         try:
             return flags.FLAGS(argv)
-        except flags.Error as error:  # several missing flags come as several lines
-            fail(program, "; ".join(str(error).splitlines()))
+        except flag_errors as error:
+            fail(program, explain(argv, error) if explain else "; ".join(str(error).splitlines()))
         except SystemExit as exit:  # absl exits 1 after printing --help or --helpfull: not an error
             sys.exit(0 if exit.code == 1 else exit.code)
 

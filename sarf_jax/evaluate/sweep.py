@@ -53,7 +53,7 @@ class SweepResults:
     writer: bool = True
 
     @classmethod
-    def open(cls, workdir, meta: dict, *, writer: bool = True) -> "SweepResults":
+    def open(cls, workdir, meta: dict, *, writer: bool = True) -> SweepResults:
         path = pathlib.Path(workdir) / RESULTS_FILE
         if writer and path.is_file():
             stored = json.loads(path.read_text())

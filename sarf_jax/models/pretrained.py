@@ -115,6 +115,9 @@ def _load(directory: pathlib.Path, info: dict, *, rngs, step, weights: str, img_
     """Restore the weights at the stored size, fit them to the requested model, merge."""
     if weights not in ("params", "ema"):
         raise ValueError(f"load_pretrained: weights must be 'params' or 'ema', got {weights!r}")
+    if weights == "ema" and (directory / STATE_DIR).is_dir():
+        raise ValueError(f"load_pretrained: {directory} is a model directory, which holds one set of weights, "
+                         "without EMA (convert an official checkpoint's EMA weights with --ema); use weights='params'")
     build = functools.partial(create, info["name"], num_classes=info["num_classes"], in_chans=info["in_chans"])
     img_size = info["img_size"] if img_size is None else img_size
     model = build(img_size=img_size, rngs=rngs or nnx.Rngs(0), **{**info["overrides"], **overrides})

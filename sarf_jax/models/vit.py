@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from einops import rearrange
 import numpy as np
+from einops import rearrange
 from flax import nnx
 
 from sarf_jax.models.common import check_feature_layers, check_images, check_positive_ints, check_rate

@@ -26,7 +26,6 @@ the official constructors.
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Sequence
 
 import jax
@@ -36,11 +35,11 @@ from flax import nnx
 
 from sarf_jax.models.common import check_images, check_positive_ints, check_rate
 from sarf_jax.models.registry import register
-from sarf_jax.reduction import placement
-from sarf_jax.reduction.restore import PositionMap
 from sarf_jax.nn.common import DropPath, Mlp
 from sarf_jax.nn.initializers import torch_default, trunc_normal
 from sarf_jax.nn.ss2d import SS2D
+from sarf_jax.reduction import placement
+from sarf_jax.reduction.restore import PositionMap
 
 PATCHEMBED_VERSIONS = ("v1", "v2")
 DOWNSAMPLE_VERSIONS = ("v1", "v2", "v3")

@@ -27,7 +27,7 @@ def _cubic_weights(t: np.ndarray, a: float = TORCH_CUBIC_A) -> np.ndarray:
     return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torch_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
     """(out_size, in_size) matrix M with M @ v == torch bicubic resize of v (align_corners=False)."""
     source = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5

@@ -80,9 +80,9 @@ def test_two_processes_read_a_training_workdir_and_match_its_final_evaluation(tr
 
 def test_eval_errors_are_clear_and_write_nothing(tmp_path, trained_workdir):
     empty = run("eval.py", f"--workdir={tmp_path}")
-    assert empty.returncode == 1 and "has no model.json" in empty.stderr
+    assert empty.returncode == 2 and "has no model.json" in empty.stderr
     bad = run("eval.py", f"--workdir={trained_workdir}", "--reduction=sarf_tome:hybrid_9p9")
-    assert bad.returncode == 1 and "schedule: unknown name 'hybrid_9p9'" in bad.stderr
+    assert bad.returncode == 2 and "schedule: unknown name 'hybrid_9p9'" in bad.stderr
     assert list(tmp_path.iterdir()) == []
 
     mismatch = tmp_path / "mismatch"  # model.json names a model the checkpoint's weights do not fit
@@ -90,7 +90,7 @@ def test_eval_errors_are_clear_and_write_nothing(tmp_path, trained_workdir):
     info = json.loads((mismatch / "model.json").read_text())
     (mismatch / "model.json").write_text(json.dumps({**info, "overrides": {**info["overrides"], "depth": 2}}))
     wrong = run("eval.py", f"--workdir={mismatch}")
-    assert wrong.returncode == 1 and "do not fit the model that its model.json describes" in wrong.stderr
+    assert wrong.returncode == 2 and "do not fit the model that its model.json describes" in wrong.stderr
     assert not (mismatch / "results.json").exists()
 
 

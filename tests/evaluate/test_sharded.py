@@ -178,11 +178,11 @@ def test_a_mesh_the_devices_cannot_form_is_one_error_before_anything_is_written(
     run = lambda *args: subprocess.run(eval_command(workdir, *args), env=subprocess_env(1), capture_output=True,
                                        text=True, timeout=600, cwd=ROOT)
     too_big = run("--mesh=data:3")
-    assert too_big.returncode == 1 and "--mesh=data:3 does not fit this machine" in too_big.stderr
+    assert too_big.returncode == 2 and "--mesh=data:3 does not fit this machine" in too_big.stderr
     assert "needs a multiple of 3 devices, but 1 are available" in too_big.stderr
     (workdir / "config.json").write_text(json.dumps({"mesh": {"data": 2, "fsdp": 1, "tensor": 1}}))
     from_training = run()
-    assert from_training.returncode == 1 and "the training config's mesh" in from_training.stderr
+    assert from_training.returncode == 2 and "the training config's mesh" in from_training.stderr
     assert sorted(p.name for p in workdir.iterdir()) == ["config.json", "model.json", "state"]
 
 

@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_selective_scan import ARG_NAMES, random_args  # the same random inputs as the XLA impls
 
 from sarf_jax.ops import scan_pallas, scan_pallas_gpu, scan_pallas_tpu, selective_scan
 from sarf_jax.ops.selective_scan import resolve_impl
-from test_selective_scan import ARG_NAMES, random_args  # the same random inputs as the XLA impls
 
 KERNELS = ("pallas_tpu", "pallas_gpu")
 BF16_EPS = float(jnp.finfo(jnp.bfloat16).eps)  # 2^-7

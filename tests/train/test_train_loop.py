@@ -9,14 +9,13 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from train_helpers import compilation_cache, quick_compiles, tiny_config  # noqa: F401 - fixtures
 
 from sarf_jax import parallel
 from sarf_jax.models import pretrained
 from sarf_jax.train import checkpoint as checkpoint_lib
 from sarf_jax.train import loop, optimizer
 from sarf_jax.train.state import ModelSpec, init_train_state, load_initial_params
-from train_helpers import (  # noqa: F401 - fixtures
-    compilation_cache, quick_compiles, tiny_config)
 
 
 def params_of(workdir, step=None, weights="params"):

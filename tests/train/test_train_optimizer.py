@@ -7,13 +7,12 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from train_helpers import compilation_cache, quick_compiles, tiny_config  # noqa: F401 - fixtures
 
 from sarf_jax import models, parallel
 from sarf_jax.train import optimizer
 from sarf_jax.train.state import ModelSpec, init_train_state
 from sarf_jax.train.step import make_train_step
-from train_helpers import (  # noqa: F401 - fixtures
-    compilation_cache, quick_compiles, tiny_config)
 
 
 @pytest.mark.parametrize("name", ["vim_mini", "vit_mini"])

@@ -15,11 +15,19 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+from train_helpers import (  # noqa: F401 - fixtures
+    ROOT,
+    compilation_cache,
+    quick_compiles,
+    read_metrics,
+    run,
+    subprocess_env,
+    tiny_config,
+    train_command,
+)
 
 from sarf_jax import models, parallel
 from sarf_jax.train import loop
-from train_helpers import (  # noqa: F401 - fixtures
-    ROOT, compilation_cache, quick_compiles, read_metrics, run, subprocess_env, tiny_config, train_command)
 
 SHARDED_RUN = """
 import json, sys

@@ -10,10 +10,9 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from train_helpers import ROOT, compilation_cache, quick_compiles, run, subprocess_env, train_command  # noqa: F401 - fixtures
 
 from sarf_jax.models import pretrained
-from train_helpers import (  # noqa: F401 - fixtures
-    ROOT, compilation_cache, quick_compiles, run, subprocess_env, train_command)
 
 RUN = ["--config.total_steps=120", "--config.checkpoint_every=20", "--config.keep_checkpoints=2",
        "--config.log_every=20"]

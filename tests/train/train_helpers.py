@@ -12,7 +12,6 @@ import sys
 import jax
 import pytest
 
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY_CONFIG = ROOT / "tests" / "train" / "tiny_config.py"
 if str(ROOT) not in sys.path:
