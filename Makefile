@@ -3,6 +3,7 @@
 #             in $(WORKDIR) and evaluate it on the test set (a second run resumes / re-evaluates).
 # make reproduce: train the four *_mini models on Fashion-MNIST, run the reduction sweeps on each
 #             (training-free), fine-tune one with SARF active, and write results/ (tools/reproduce.py).
+# make lint: ruff check and ruff format --check (configured in pyproject.toml), as CI runs them.
 # make bench: run the benchmarks in benchmarks/ (JSON lines on stdout).
 
 VENV ?= .venv
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/default
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: test train reproduce bench venv clean
+.PHONY: test lint train reproduce bench venv clean
 
 venv: $(STAMP)
 
@@ -25,6 +26,10 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 train: $(STAMP)
 	@FMNIST_DIR=$(FMNIST_DIR) sh tools/get_fashion_mnist.sh

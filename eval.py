@@ -29,14 +29,23 @@ flags.DEFINE_string("sweep", None, "Sweep file (configs/sweeps/*.py) whose get_c
 flags.DEFINE_string("data", None, "Data source (default: the training config's); e.g. tfds:imagenet2012.")
 flags.DEFINE_string("data_dir", None, "Data directory (IDX files, TFDS data_dir).")
 flags.DEFINE_string("split", None, "Split to evaluate (default: the training config's eval split, or 'test').")
-flags.DEFINE_float("crop_pct", None, "Centre-crop fraction (default: the training config's; 0.875 for a "
-                   "converted model without one).")
-flags.DEFINE_integer("batch_size", None, "Global evaluation batch size, also the images/s batch (default: "
-                     "250 rounded up to a multiple of the data-parallel size and the number of processes).")
+flags.DEFINE_float(
+    "crop_pct", None, "Centre-crop fraction (default: the training config's; 0.875 for a converted model without one)."
+)
+flags.DEFINE_integer(
+    "batch_size",
+    None,
+    "Global evaluation batch size, also the images/s batch (default: "
+    "250 rounded up to a multiple of the data-parallel size and the number of processes).",
+)
 flags.DEFINE_enum("weights", "all", ["all", "params", "ema"], "Which weights to evaluate.")
-flags.DEFINE_string("mesh", None, "Device mesh for accuracy, AXIS:SIZE[,AXIS:SIZE] over data, fsdp, tensor "
-                    "(unnamed axes 1; one size may be -1, the rest), e.g. data:-1 or data:2,fsdp:4. Default: "
-                    "the training run's config.mesh (workdir config.json), else data:-1.")
+flags.DEFINE_string(
+    "mesh",
+    None,
+    "Device mesh for accuracy, AXIS:SIZE[,AXIS:SIZE] over data, fsdp, tensor "
+    "(unnamed axes 1; one size may be -1, the rest), e.g. data:-1 or data:2,fsdp:4. Default: "
+    "the training run's config.mesh (workdir config.json), else data:-1.",
+)
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of process 0's coordinator.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index in [0, num_processes).")
@@ -62,8 +71,10 @@ def parse_mesh(text: str) -> dict:
         axis, _, size = item.partition(":")
         axis = axis.strip()
         if axis not in sizes or not re.fullmatch(r"-?\d+", size.strip()):
-            raise ValueError(f"--mesh={text!r}: expected AXIS:SIZE[,AXIS:SIZE] with AXIS one of "
-                             f"{', '.join(parallel.MESH_AXES)} and SIZE an int (-1: the rest), e.g. data:-1")
+            raise ValueError(
+                f"--mesh={text!r}: expected AXIS:SIZE[,AXIS:SIZE] with AXIS one of "
+                f"{', '.join(parallel.MESH_AXES)} and SIZE an int (-1: the rest), e.g. data:-1"
+            )
         sizes[axis] = int(size)
     return sizes
 
@@ -82,8 +93,9 @@ def make_mesh(workdir: pathlib.Path):
     try:
         return parallel.make_mesh(sizes)
     except ValueError as error:
-        raise ValueError(f"{origin} does not fit this machine: {error}; choose one with --mesh, e.g. "
-                         "--mesh=data:-1") from None
+        raise ValueError(
+            f"{origin} does not fit this machine: {error}; choose one with --mesh, e.g. --mesh=data:-1"
+        ) from None
 
 
 def batch_size(mesh) -> int:
@@ -160,12 +172,26 @@ def main(argv):
     source = data_lib.make_source(data, split)
     channels = np.shape(source[0]["image"])[-1]
     preprocess = functools.partial(data_lib.normalize, mean=source.mean, std=source.std)  # as training did
-    batches = lambda: data_lib.eval_iterator(source, data, global_batch_size=global_batch, channels=channels,
-                                             process_index=jax.process_index(),
-                                             process_count=jax.process_count())
-    sweep.run_sweep(models, specs, batches, workdir=workdir, img_size=info["img_size"],
-                    in_chans=info["in_chans"], batch_size=global_batch, mesh=mesh, preprocess=preprocess,
-                    progress=True)
+    batches = lambda: data_lib.eval_iterator(
+        source,
+        data,
+        global_batch_size=global_batch,
+        channels=channels,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    sweep.run_sweep(
+        models,
+        specs,
+        batches,
+        workdir=workdir,
+        img_size=info["img_size"],
+        in_chans=info["in_chans"],
+        batch_size=global_batch,
+        mesh=mesh,
+        preprocess=preprocess,
+        progress=True,
+    )
     paths = report.write_reports(workdir) if jax.process_index() == 0 else []
     if jax.process_index() == 0:
         print((workdir / "results.md").read_text())

@@ -30,8 +30,10 @@ def explain_config_error(argv: list[str], error: Exception) -> str:
     bad = str(error).strip("\"'")
     culprit = next((a for a in argv if a.startswith("--config.") and bad and bad in a), None)
     where = f" in {culprit}" if culprit else ""
-    return (f"invalid config override{where}: {type(error).__name__}: {bad} (overrides must name a key that "
-            "the config file defines, with a value of its type)")
+    return (
+        f"invalid config override{where}: {type(error).__name__}: {bad} (overrides must name a key that "
+        "the config file defines, with a value of its type)"
+    )
 
 
 def main(argv):

@@ -28,11 +28,28 @@ from sarf_jax.evaluate import model_gflops, parameter_count
 from sarf_jax.evaluate.timing import median_seconds
 
 
-def bench(name: str, *, img_size: int, in_chans: int, batch: int, repeats: int, scan_impl=None,
-          dtype: str = "float32", check_against=None, overrides=None) -> dict:
-    make = lambda impl: models.create(name, num_classes=10, img_size=img_size, in_chans=in_chans, rngs=nnx.Rngs(0),
-                                      dtype=jnp.dtype(dtype), **({"scan_impl": impl} if impl else {}),
-                                      **(overrides or {}))
+def bench(
+    name: str,
+    *,
+    img_size: int,
+    in_chans: int,
+    batch: int,
+    repeats: int,
+    scan_impl=None,
+    dtype: str = "float32",
+    check_against=None,
+    overrides=None,
+) -> dict:
+    make = lambda impl: models.create(
+        name,
+        num_classes=10,
+        img_size=img_size,
+        in_chans=in_chans,
+        rngs=nnx.Rngs(0),
+        dtype=jnp.dtype(dtype),
+        **({"scan_impl": impl} if impl else {}),
+        **(overrides or {}),
+    )
     model = make(scan_impl)
     graphdef, state = nnx.split(model)
     images = jax.random.normal(jax.random.key(0), (batch, img_size, img_size, in_chans))
@@ -58,15 +75,25 @@ def bench(name: str, *, img_size: int, in_chans: int, batch: int, repeats: int, 
     if check_against:  # the same weights (same seed) with another scan: largest logit difference
         with jax.default_matmul_precision("highest"):
             ours, theirs = model(images[:8]), make(check_against)(images[:8])
-        agreement = {f"logits_max_abs_diff_vs_{check_against}": float(jnp.max(jnp.abs(ours - theirs))),
-                     "logits_max_abs": float(jnp.max(jnp.abs(theirs)))}
+        agreement = {
+            f"logits_max_abs_diff_vs_{check_against}": float(jnp.max(jnp.abs(ours - theirs))),
+            "logits_max_abs": float(jnp.max(jnp.abs(theirs))),
+        }
     return {
-        "bench": "model", "model": name, "img_size": img_size, "in_chans": in_chans, "batch": batch,
-        "scan_impl": scan_impl or "auto", "dtype": dtype,
+        "bench": "model",
+        "model": name,
+        "img_size": img_size,
+        "in_chans": in_chans,
+        "batch": batch,
+        "scan_impl": scan_impl or "auto",
+        "dtype": dtype,
         "overrides": {key: repr(value) for key, value in (overrides or {}).items()},
-        "params": parameter_count(model), "gflops": model_gflops(model, img_size, in_chans=in_chans),
-        "compile_s": compile_s, "forward_images_per_s": batch / forward_s,
-        "forward_backward_images_per_s": batch / grad_s, **agreement,
+        "params": parameter_count(model),
+        "gflops": model_gflops(model, img_size, in_chans=in_chans),
+        "compile_s": compile_s,
+        "forward_images_per_s": batch / forward_s,
+        "forward_backward_images_per_s": batch / grad_s,
+        **agreement,
     }
 
 
@@ -80,8 +107,13 @@ def main():
     parser.add_argument("--scan-impl", default=None, help="selective_scan impl of the SSMs (default: auto)")
     parser.add_argument("--dtype", default="float32", help="compute dtype, e.g. bfloat16 on accelerators")
     parser.add_argument("--check-against", default=None, help="also report the logit difference to this impl")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="constructor argument (Python literal), e.g. 'depths=(2,)'; repeatable")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="constructor argument (Python literal), e.g. 'depths=(2,)'; repeatable",
+    )
     args = parser.parse_args()
     overrides = {}
     for text in args.override:
@@ -90,15 +122,37 @@ def main():
             parser.error(f"--override must look like KEY=VALUE, got {text!r}")
         overrides[key] = ast.literal_eval(value)
     names = args.models or [n for n in models.list_models() if n.endswith("_mini")]
-    print(json.dumps({"bench": "machine", "cpu": platform.processor() or platform.machine(),
-                      "cores": os.cpu_count(), "device": jax.devices()[0].device_kind,
-                      "jax": jax.__version__, "date": datetime.date.today().isoformat()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "machine",
+                "cpu": platform.processor() or platform.machine(),
+                "cores": os.cpu_count(),
+                "device": jax.devices()[0].device_kind,
+                "jax": jax.__version__,
+                "date": datetime.date.today().isoformat(),
+            }
+        ),
+        flush=True,
+    )
     for name in names:
         scan_impl = None if name.startswith("vit") else args.scan_impl
-        print(json.dumps(bench(name, img_size=args.img_size, in_chans=args.in_chans, batch=args.batch,
-                               repeats=args.repeats, scan_impl=scan_impl, dtype=args.dtype,
-                               check_against=None if name.startswith("vit") else args.check_against,
-                               overrides=overrides)), flush=True)
+        print(
+            json.dumps(
+                bench(
+                    name,
+                    img_size=args.img_size,
+                    in_chans=args.in_chans,
+                    batch=args.batch,
+                    repeats=args.repeats,
+                    scan_impl=scan_impl,
+                    dtype=args.dtype,
+                    check_against=None if name.startswith("vit") else args.check_against,
+                    overrides=overrides,
+                )
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ def site_channels(model, stage: int) -> int:
 def plan_milliseconds(model, spec, batch: int, repeats: int) -> float:
     """Time of computing and applying (to two tensors) the plan of every reducing site, summed."""
     family = {"VMamba": "vmamba", "PlainMamba": "plainmamba", "VisionTransformer": "vit"}.get(
-        type(model).__name__, "vim")
+        type(model).__name__, "vim"
+    )
     reducer = spec.reducer(family)
     total = 0.0
     for site in model.reduction_sites(spec):
@@ -81,9 +82,19 @@ def main():
     parser.add_argument("--scan-impl", default=None, help="selective_scan impl (default: auto)")
     parser.add_argument("--schedule", default=None, help="a schedule name or keep=R (default: closest to 37.5%%)")
     args = parser.parse_args()
-    print(json.dumps({"bench": "machine", "cpu": platform.processor() or platform.machine(),
-                      "cores": os.cpu_count(), "device": jax.devices()[0].device_kind,
-                      "jax": jax.__version__, "date": datetime.date.today().isoformat()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "machine",
+                "cpu": platform.processor() or platform.machine(),
+                "cores": os.cpu_count(),
+                "device": jax.devices()[0].device_kind,
+                "jax": jax.__version__,
+                "date": datetime.date.today().isoformat(),
+            }
+        ),
+        flush=True,
+    )
     for name in args.models:
         size, chans = args.img_size, args.in_chans
         options = {"scan_impl": args.scan_impl} if args.scan_impl else {}
@@ -94,21 +105,38 @@ def main():
             gflops = model_gflops(model, size, in_chans=chans, reduction=spec)
         else:
             spec, gflops = closest_schedule(model, dense_gflops, size, chans)
-        speed = lambda spec: images_per_second(model, spec, batch_size=args.batch, img_size=size, in_chans=chans,
-                                               repeats=args.repeats)
+        speed = lambda spec: images_per_second(
+            model, spec, batch_size=args.batch, img_size=size, in_chans=chans, repeats=args.repeats
+        )
         dense_speed, sarf_speed = speed(None), speed(spec)
         gflops_ratio, speedup = dense_gflops / gflops, sarf_speed / dense_speed
         plan_ms = plan_milliseconds(model, spec, args.batch, args.repeats)
-        print(json.dumps({
-            "bench": "reduction", "model": name, "img_size": size, "batch": args.batch,
-            "scan_impl": args.scan_impl or "auto", "schedule": getattr(spec.schedule, "name", spec.schedule),
-            "grids": [f"{s.in_hw[0]}->{s.out_hw[0]}" for s in model.reduction_sites(spec) if s.in_hw != s.out_hw],
-            "dense_gflops": dense_gflops, "sarf_tome_gflops": gflops, "gflops_saving": 1 - gflops / dense_gflops,
-            "dense_images_per_s": dense_speed, "sarf_tome_images_per_s": sarf_speed,
-            "gflops_ratio": gflops_ratio, "measured_speedup": speedup,
-            "speedup_over_gflops_ratio": speedup / gflops_ratio, "plan_ms": plan_ms,
-            "plan_fraction": plan_ms / (1e3 * args.batch / sarf_speed),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": "reduction",
+                    "model": name,
+                    "img_size": size,
+                    "batch": args.batch,
+                    "scan_impl": args.scan_impl or "auto",
+                    "schedule": getattr(spec.schedule, "name", spec.schedule),
+                    "grids": [
+                        f"{s.in_hw[0]}->{s.out_hw[0]}" for s in model.reduction_sites(spec) if s.in_hw != s.out_hw
+                    ],
+                    "dense_gflops": dense_gflops,
+                    "sarf_tome_gflops": gflops,
+                    "gflops_saving": 1 - gflops / dense_gflops,
+                    "dense_images_per_s": dense_speed,
+                    "sarf_tome_images_per_s": sarf_speed,
+                    "gflops_ratio": gflops_ratio,
+                    "measured_speedup": speedup,
+                    "speedup_over_gflops_ratio": speedup / gflops_ratio,
+                    "plan_ms": plan_ms,
+                    "plan_fraction": plan_ms / (1e3 * args.batch / sarf_speed),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

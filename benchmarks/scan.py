@@ -97,8 +97,9 @@ def bench_scan(impl, shape, dtype, repeats):
     cotangent = jnp.ones(shape[:3], dtype)
 
     def forward_backward(*args):
-        return jax.grad(lambda *a: jnp.sum(forward(*a) * cotangent).astype(jnp.float32),
-                        argnums=tuple(range(len(args))))(*args)
+        return jax.grad(
+            lambda *a: jnp.sum(forward(*a) * cotangent).astype(jnp.float32), argnums=tuple(range(len(args)))
+        )(*args)
 
     args = tuple(inputs.values())
     fwd_ms, fwd_compile, fwd_temp = time_jax(forward, args, repeats)
@@ -107,13 +108,18 @@ def bench_scan(impl, shape, dtype, repeats):
     one_state_tensor = 4 * batch * length * channels * state
     pallas = resolve_impl(impl).startswith("pallas")
     return {
-        "bench": "scan", "impl": impl, "resolved_impl": resolve_impl(impl),
+        "bench": "scan",
+        "impl": impl,
+        "resolved_impl": resolve_impl(impl),
         "interpret": pallas and jax.default_backend() == "cpu",
         "chunk_size": DEFAULT_CHUNK_SIZE if resolve_impl(impl) == "chunked" else None,
-        "shape": dict(zip(("batch", "length", "channels", "state"), shape)), "dtype": jnp.dtype(dtype).name,
-        "forward_ms": fwd_ms, "forward_backward_ms": fb_ms,
+        "shape": dict(zip(("batch", "length", "channels", "state"), shape)),
+        "dtype": jnp.dtype(dtype).name,
+        "forward_ms": fwd_ms,
+        "forward_backward_ms": fb_ms,
         "compile_s": fwd_compile + fb_compile,
-        "temp_bytes_forward": fwd_temp, "temp_bytes_forward_backward": fb_temp,
+        "temp_bytes_forward": fwd_temp,
+        "temp_bytes_forward_backward": fb_temp,
         "temp_forward_backward_per_state_tensor": fb_temp / one_state_tensor,
     }
 
@@ -142,8 +148,10 @@ def bench_mambapy_scan(shape, repeats):
         forward(**args).sum().backward()
 
     return {
-        "bench": "scan", "impl": "mambapy.pscan (torch)",
-        "shape": dict(zip(("batch", "length", "channels", "state"), shape)), "dtype": "float32",
+        "bench": "scan",
+        "impl": "mambapy.pscan (torch)",
+        "shape": dict(zip(("batch", "length", "channels", "state"), shape)),
+        "dtype": "float32",
         "forward_ms": median_ms(run_forward, repeats),
         "forward_backward_ms": median_ms(run_forward_backward, repeats),
     }
@@ -155,8 +163,16 @@ def bench_mixer(batch, length, d_model, repeats):
     from transformers import MambaConfig
     from transformers.models.mamba.modeling_mamba import MambaMixer
 
-    config = MambaConfig(hidden_size=d_model, state_size=16, expand=2, conv_kernel=4,
-                         time_step_rank="auto", use_bias=False, use_conv_bias=True, hidden_act="silu")
+    config = MambaConfig(
+        hidden_size=d_model,
+        state_size=16,
+        expand=2,
+        conv_kernel=4,
+        time_step_rank="auto",
+        use_bias=False,
+        use_conv_bias=True,
+        hidden_act="silu",
+    )
     mixer = MambaMixer(config, layer_idx=0).eval()
     x_np = np.random.default_rng(0).standard_normal((batch, length, d_model)).astype(np.float32)
     x_torch = torch.tensor(x_np)
@@ -184,12 +200,22 @@ def bench_mixer(batch, length, d_model, repeats):
     fb_ms, fb_compile, _ = time_jax(forward_backward, (params, x), repeats)
     shape = {"batch": batch, "length": length, "d_model": d_model, "d_state": 16, "expand": 2}
     return [
-        {"bench": "mixer", "impl": "sarf_jax.nn.Mamba", "scan_impl": resolve_impl("auto"),
-         "shape": shape, "forward_ms": fwd_ms, "forward_backward_ms": fb_ms,
-         "compile_s": fwd_compile + fb_compile},
-        {"bench": "mixer", "impl": "transformers.MambaMixer (torch)", "shape": shape,
-         "forward_ms": median_ms(torch_forward, repeats),
-         "forward_backward_ms": median_ms(torch_forward_backward, repeats)},
+        {
+            "bench": "mixer",
+            "impl": "sarf_jax.nn.Mamba",
+            "scan_impl": resolve_impl("auto"),
+            "shape": shape,
+            "forward_ms": fwd_ms,
+            "forward_backward_ms": fb_ms,
+            "compile_s": fwd_compile + fb_compile,
+        },
+        {
+            "bench": "mixer",
+            "impl": "transformers.MambaMixer (torch)",
+            "shape": shape,
+            "forward_ms": median_ms(torch_forward, repeats),
+            "forward_backward_ms": median_ms(torch_forward_backward, repeats),
+        },
     ]
 
 
@@ -218,17 +244,31 @@ def main():
 
     by_impl = {(r["bench"], r["impl"], r.get("dtype")): r for r in rows}
     auto = by_impl["scan", "auto", "float32"]
-    ours, theirs = by_impl["mixer", "sarf_jax.nn.Mamba", None], by_impl["mixer", "transformers.MambaMixer (torch)", None]
-    print(json.dumps({
-        "bench": "summary", "date": info["date"], "cpu": info["cpu"], "cores": info["cores"],
-        "mixer_forward_speedup_vs_transformers": theirs["forward_ms"] / ours["forward_ms"],
-        "mixer_forward_backward_speedup_vs_transformers": theirs["forward_backward_ms"] / ours["forward_backward_ms"],
-        "auto_temp_forward_backward_per_state_tensor": auto["temp_forward_backward_per_state_tensor"],
-        "auto_temp_vs_associative": auto["temp_bytes_forward_backward"]
-        / by_impl["scan", "associative", "float32"]["temp_bytes_forward_backward"],
-        "auto_forward_backward_speedup_vs_reference": by_impl["scan", "reference", "float32"]["forward_backward_ms"]
-        / auto["forward_backward_ms"],
-    }), flush=True)
+    ours, theirs = (
+        by_impl["mixer", "sarf_jax.nn.Mamba", None],
+        by_impl["mixer", "transformers.MambaMixer (torch)", None],
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "summary",
+                "date": info["date"],
+                "cpu": info["cpu"],
+                "cores": info["cores"],
+                "mixer_forward_speedup_vs_transformers": theirs["forward_ms"] / ours["forward_ms"],
+                "mixer_forward_backward_speedup_vs_transformers": theirs["forward_backward_ms"]
+                / ours["forward_backward_ms"],
+                "auto_temp_forward_backward_per_state_tensor": auto["temp_forward_backward_per_state_tensor"],
+                "auto_temp_vs_associative": auto["temp_bytes_forward_backward"]
+                / by_impl["scan", "associative", "float32"]["temp_bytes_forward_backward"],
+                "auto_forward_backward_speedup_vs_reference": by_impl["scan", "reference", "float32"][
+                    "forward_backward_ms"
+                ]
+                / auto["forward_backward_ms"],
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -83,9 +83,13 @@ def layer_inputs(batch, length, channels, state, groups, seed=0):
     bf16 = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
     bc = (batch, length, state) if groups is None else (batch, length, groups, state)
     return dict(
-        u=bf16(batch, length, channels), delta=bf16(batch, length, channels),
+        u=bf16(batch, length, channels),
+        delta=bf16(batch, length, channels),
         A=-jnp.exp(jnp.asarray(rng.standard_normal((channels, state)) * 0.5, jnp.float32)),
-        B=bf16(*bc), C=bf16(*bc), D=jnp.ones((channels,), jnp.float32), z=bf16(batch, length, channels),
+        B=bf16(*bc),
+        C=bf16(*bc),
+        D=jnp.ones((channels,), jnp.float32),
+        z=bf16(batch, length, channels),
         delta_bias=jnp.asarray(rng.uniform(-4, -2, channels), jnp.float32),
     )
 
@@ -133,11 +137,17 @@ def bench_layer(layer, shape, batch, repeats, peak):
         forward_backward_ms = median_ms(lambda: jax.block_until_ready(grad(*args)), repeats)
         errors = {name: max_error(g, e) for name, g, e in zip(ARG_NAMES, grads, expected_grads)}
         row = {
-            "bench": "scan_accel", "layer": layer, "impl": impl, "resolved_impl": resolve_impl(impl),
+            "bench": "scan_accel",
+            "layer": layer,
+            "impl": impl,
+            "resolved_impl": resolve_impl(impl),
             "shape": dict(zip(("batch", "length", "channels", "state", "groups"), (batch, *shape))),
-            "dtype": "bfloat16", "first_call_s": first_call_s,
-            "forward_ms": forward_ms, "forward_backward_ms": forward_backward_ms,
-            "forward_bytes": forward_bytes, "forward_backward_bytes": forward_backward_bytes,
+            "dtype": "bfloat16",
+            "first_call_s": first_call_s,
+            "forward_ms": forward_ms,
+            "forward_backward_ms": forward_backward_ms,
+            "forward_bytes": forward_bytes,
+            "forward_backward_bytes": forward_backward_bytes,
             "forward_gbps": forward_bytes / forward_ms / 1e6,
             "forward_backward_gbps": forward_backward_bytes / forward_backward_ms / 1e6,
             "forward_roofline_fraction": peak and forward_bytes / (forward_ms * 1e-3) / peak,
@@ -153,12 +163,14 @@ def bench_layer(layer, shape, batch, repeats, peak):
 def summary(layer, rows):
     pallas, chunked = rows["pallas"], rows["chunked"]
     # bf16 outputs: a few bf16 units of the largest magnitude (outputs rounded once, sums in fp32)
-    agrees = (pallas["y_max_error_vs_reference"] <= 4 * BF16_EPS
-              and all(e <= 4 * BF16_EPS for e in pallas["grad_max_error_vs_reference"].values()))
+    agrees = pallas["y_max_error_vs_reference"] <= 4 * BF16_EPS and all(
+        e <= 4 * BF16_EPS for e in pallas["grad_max_error_vs_reference"].values()
+    )
     roofline = pallas["forward_roofline_fraction"]
     forward_speedup = chunked["forward_ms"] / pallas["forward_ms"]
     return {
-        "bench": "summary", "layer": layer,
+        "bench": "summary",
+        "layer": layer,
         "pallas_forward_roofline_fraction": roofline,
         "pallas_forward_speedup_vs_chunked": forward_speedup,
         "pallas_forward_backward_speedup_vs_chunked": chunked["forward_backward_ms"] / pallas["forward_backward_ms"],
@@ -181,12 +193,22 @@ def main():
 
     device = jax.devices()[0]
     peak = peak_bandwidth(device.device_kind, args.peak_gbps)
-    print(json.dumps({
-        "bench": "device", "platform": device.platform, "device_kind": device.device_kind,
-        "peak_bandwidth_gbps": peak and peak / 1e9, "jax": jax.__version__,
-        "date": datetime.date.today().isoformat(),
-        "note": "CPU: pallas runs in interpret mode, times are meaningless" if device.platform == "cpu" else None,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "device",
+                "platform": device.platform,
+                "device_kind": device.device_kind,
+                "peak_bandwidth_gbps": peak and peak / 1e9,
+                "jax": jax.__version__,
+                "date": datetime.date.today().isoformat(),
+                "note": "CPU: pallas runs in interpret mode, times are meaningless"
+                if device.platform == "cpu"
+                else None,
+            }
+        ),
+        flush=True,
+    )
     for layer, shape in layers.items():
         rows = bench_layer(layer, shape, batch, repeats, peak)
         print(json.dumps(summary(layer, rows)), flush=True)

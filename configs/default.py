@@ -26,42 +26,42 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = "vit_mini"
     config.model.overrides = ml_collections.ConfigDict(dict(patch_size=4))  # constructor arguments
-    config.init_from = ""          # a model directory (save_pretrained / convert) or a training workdir
-    config.reduction = "none"      # reduction active in training and eval, e.g. "sarf_tome:keep=0.6"
+    config.init_from = ""  # a model directory (save_pretrained / convert) or a training workdir
+    config.reduction = "none"  # reduction active in training and eval, e.g. "sarf_tome:keep=0.6"
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "fashion_mnist"   # or tfds:<name>, imagefolder:<path>, synthetic
-    config.data.dir = ""                 # IDX files / TFDS data_dir; "" = the default place
+    config.data.name = "fashion_mnist"  # or tfds:<name>, imagefolder:<path>, synthetic
+    config.data.dir = ""  # IDX files / TFDS data_dir; "" = the default place
     config.data.train_split = "train"
     config.data.eval_split = "test"
     config.data.image_size = 28
     config.data.train_crop = "pad_crop"  # pad_crop | random_resized_crop | resize
     config.data.pad = 2
     config.data.flip = True
-    config.data.randaugment = ""         # e.g. "2,9": 2 ops at magnitude 9
+    config.data.randaugment = ""  # e.g. "2,9": 2 ops at magnitude 9
     config.data.mixup_alpha = 0.0
     config.data.cutmix_alpha = 0.0
     config.data.mix_switch_prob = 0.5
-    config.data.eval_crop_pct = 1.0      # ImageNet: 0.875 (resize 256, center-crop 224)
+    config.data.eval_crop_pct = 1.0  # ImageNet: 0.875 (resize 256, center-crop 224)
     config.data.num_threads = 2
     config.data.prefetch = 8
     config.data.synthetic = ml_collections.ConfigDict(dict(size=1024, channels=1, num_classes=10, seed=0))
 
-    config.batch_size = 64               # global, over all hosts and devices
+    config.batch_size = 64  # global, over all hosts and devices
     config.eval_batch_size = 500
     config.total_steps = 900
     config.grad_accum_steps = 1
-    config.optimizer = ml_collections.ConfigDict(dict(
-        lr=2e-3, min_lr=1e-5, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
-        grad_clip=1.0))
+    config.optimizer = ml_collections.ConfigDict(
+        dict(lr=2e-3, min_lr=1e-5, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0)
+    )
     config.label_smoothing = 0.1
-    config.ema_decay = 0.99              # 0: no EMA
-    config.dtype = "float32"             # compute dtype; "bfloat16" on accelerators
+    config.ema_decay = 0.99  # 0: no EMA
+    config.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
 
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.checkpoint_every = 300
     config.keep_checkpoints = 3
     config.log_every = 50
-    config.eval_every = 0                # 0: evaluate at the end only
+    config.eval_every = 0  # 0: evaluate at the end only
     config.progress_bar = True
     return config

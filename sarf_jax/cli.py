@@ -15,9 +15,13 @@ from collections.abc import Callable
 from absl import app, flags, logging
 
 
-def run(main: Callable[[list[str]], int | None], program: str, *,
-        flag_errors: tuple[type[Exception], ...] = (flags.Error,),
-        explain: Callable[[list[str], Exception], str] | None = None) -> None:
+def run(
+    main: Callable[[list[str]], int | None],
+    program: str,
+    *,
+    flag_errors: tuple[type[Exception], ...] = (flags.Error,),
+    explain: Callable[[list[str], Exception], str] | None = None,
+) -> None:
     """`app.run(main)` with one-line errors (`PROGRAM: error: ...`, exit 2); main's return is the exit code.
 
     `flag_errors` are the exceptions that parsing may raise for bad input (ml_collections' config

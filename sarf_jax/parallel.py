@@ -27,17 +27,17 @@ BATCH_AXES = ("data", "fsdp")
 
 # logical name -> mesh axis (None: replicated)
 LOGICAL_RULES = {
-    "embed": "fsdp",      # model width: FSDP splits parameters along it
-    "inner": "tensor",    # Mamba d_inner (expand * d_model)
-    "mlp": "tensor",      # MLP hidden width
-    "heads": "tensor",    # attention q/k/v outputs
-    "state": None,        # SSM state size N (16; too small to split)
+    "embed": "fsdp",  # model width: FSDP splits parameters along it
+    "inner": "tensor",  # Mamba d_inner (expand * d_model)
+    "mlp": "tensor",  # MLP hidden width
+    "heads": "tensor",  # attention q/k/v outputs
+    "state": None,  # SSM state size N (16; too small to split)
     "classes": None,
-    "length": None,       # position-embedding tokens
-    "conv": None,         # convolution window / spatial kernel
-    "rank": None,         # dt_rank, x_proj's dt|B|C outputs
-    "stack": None,        # stacked per-direction parameters (VMamba K=4, PlainMamba directions)
-    "in": None,           # image channels
+    "length": None,  # position-embedding tokens
+    "conv": None,  # convolution window / spatial kernel
+    "rank": None,  # dt_rank, x_proj's dt|B|C outputs
+    "stack": None,  # stacked per-direction parameters (VMamba K=4, PlainMamba directions)
+    "in": None,  # image channels
 }
 
 # (regex on the '/'-joined parameter path, logical axes per dimension); first match wins.
@@ -181,8 +181,9 @@ def batch_sharding(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+def initialize_distributed(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
     """Start multi-host JAX before any computation.
 
     On Cloud TPU (and SLURM / Open MPI clusters) every argument is detected, so call with none;
@@ -191,9 +192,11 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     """
     given = [coordinator_address is not None, num_processes is not None, process_id is not None]
     if any(given) and not all(given):
-        raise ValueError("multi-host start-up needs --coordinator_address, --num_processes and "
-                         f"--process_id together; got coordinator_address={coordinator_address!r}, "
-                         f"num_processes={num_processes!r}, process_id={process_id!r}")
+        raise ValueError(
+            "multi-host start-up needs --coordinator_address, --num_processes and "
+            f"--process_id together; got coordinator_address={coordinator_address!r}, "
+            f"num_processes={num_processes!r}, process_id={process_id!r}"
+        )
     if all(given):
         if num_processes < 1 or not 0 <= process_id < num_processes:
             raise ValueError(f"--process_id must be in [0, {num_processes}), got {process_id}")

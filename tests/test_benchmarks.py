@@ -13,7 +13,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_scan_benchmark_quick_run_prints_every_row():
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "scan.py"), "--quick", "--repeats", "1"],
-        capture_output=True, text=True, timeout=600, check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     impls = {(row["bench"], row.get("impl")) for row in rows}
@@ -32,7 +35,10 @@ def test_accelerator_scan_benchmark_quick_run_prints_every_row():
     session will run does not crash there."""
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "scan_gpu.py"), "--quick", "--layers", "vim_s"],
-        capture_output=True, text=True, timeout=600, check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert rows[0]["bench"] == "device"
@@ -43,9 +49,22 @@ def test_accelerator_scan_benchmark_quick_run_prints_every_row():
 
 def test_models_benchmark_prints_a_row_per_model_with_its_overrides():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "models.py"), "--models", "vit_mini", "--batch", "2",
-         "--repeats", "1", "--override", "depth=1"],
-        capture_output=True, text=True, timeout=600, check=True,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "models.py"),
+            "--models",
+            "vit_mini",
+            "--batch",
+            "2",
+            "--repeats",
+            "1",
+            "--override",
+            "depth=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [row["bench"] for row in rows] == ["machine", "model"]

@@ -25,8 +25,10 @@ from sarf_jax.train.step import normalize
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMG, CHANS, CLASSES = 16, 1, 4
 SARF = "sarf_tome:keep=0.6,sites=1"  # one site on the 8x8 grid: 8x8 -> 6x6
-TINY = {"vmamba": ("vmamba_mini", dict(depths=(2,), dims=16, patch_size=2)),
-        "vit": ("vit_mini", dict(depth=2, embed_dim=16, num_heads=2, patch_size=2))}
+TINY = {
+    "vmamba": ("vmamba_mini", dict(depths=(2,), dims=16, patch_size=2)),
+    "vit": ("vit_mini", dict(depth=2, embed_dim=16, num_heads=2, patch_size=2)),
+}
 SYNTHETIC_STATS = ([0.5], [0.25])  # sarf_jax.data.sources.synthetic's mean and std
 
 
@@ -36,8 +38,9 @@ def images(batch, seed=0):
 
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "sarf_jax.export", *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "sarf_jax.export", *args], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +49,9 @@ def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     for key, (name, overrides) in TINY.items():
         model = models.create(name, num_classes=CLASSES, img_size=IMG, in_chans=CHANS, rngs=nnx.Rngs(1), **overrides)
-        save_pretrained(root / key, model, name=name, num_classes=CLASSES, img_size=IMG, in_chans=CHANS,
-                        overrides=overrides)
+        save_pretrained(
+            root / key, model, name=name, num_classes=CLASSES, img_size=IMG, in_chans=CHANS, overrides=overrides
+        )
     return {key: root / key for key in TINY}
 
 
@@ -112,10 +116,12 @@ def test_input_stats_given_raw_from_the_run_or_none(trained_dir, model_dirs):
     assert input_stats(trained_dir, mean=[0.3], std=[0.2], in_chans=1) == ((0.3,), (0.2,))
     assert input_stats(trained_dir, raw_input=True, in_chans=1) is None
     assert input_stats(model_dirs["vit"], in_chans=1) is None  # a converted model: no config.json
-    for kwargs, message in ((dict(mean=[0.3]), "mean and std go together"),
-                            (dict(mean=[0.3, 0.3], std=[1, 1]), "mean: expected 1 finite values"),
-                            (dict(mean=[0.3], std=[0.0]), "std: every value must be > 0"),
-                            (dict(mean=[0.3], std=[1], raw_input=True), "give no mean/std")):
+    for kwargs, message in (
+        (dict(mean=[0.3]), "mean and std go together"),
+        (dict(mean=[0.3, 0.3], std=[1, 1]), "mean: expected 1 finite values"),
+        (dict(mean=[0.3], std=[0.0]), "std: every value must be > 0"),
+        (dict(mean=[0.3], std=[1], raw_input=True), "give no mean/std"),
+    ):
         with pytest.raises(ValueError, match=message):
             input_stats(trained_dir, in_chans=1, **kwargs)
 
@@ -133,10 +139,32 @@ def test_cli_writes_the_artifact_and_its_metadata(cli_artifact, model_dirs):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"wrote {out} and {out}.json: vit_mini under {SARF}" in result.stdout
     metadata = json.loads(pathlib.Path(f"{out}.json").read_text())
-    assert {k: metadata[k] for k in ("model", "img_size", "in_chans", "num_classes", "reduction", "batch",
-                                     "input", "mean", "std", "weights")} == {
-        "model": "vit_mini", "img_size": IMG, "in_chans": CHANS, "num_classes": CLASSES, "reduction": SARF,
-        "batch": 2, "input": "normalized", "mean": None, "std": None, "weights": "params"}
+    assert {
+        k: metadata[k]
+        for k in (
+            "model",
+            "img_size",
+            "in_chans",
+            "num_classes",
+            "reduction",
+            "batch",
+            "input",
+            "mean",
+            "std",
+            "weights",
+        )
+    } == {
+        "model": "vit_mini",
+        "img_size": IMG,
+        "in_chans": CHANS,
+        "num_classes": CLASSES,
+        "reduction": SARF,
+        "batch": 2,
+        "input": "normalized",
+        "mean": None,
+        "std": None,
+        "weights": "params",
+    }
     served, model = load(out), load_pretrained(model_dirs["vit"])
     assert max_difference(served(images(2)), reference_logits(model, images(2), SARF)) <= 1e-6
     with pytest.raises(ValueError, match=r"images must have shape \(2, 16, 16, 1\) \(NHWC\), got \(3, 16, 16, 1\)"):
@@ -159,11 +187,15 @@ def test_load_refuses_an_artifact_that_its_metadata_does_not_describe(cli_artifa
         load(copy)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--workdir={missing}"], "missing has no model.json: not a training workdir"),
-    (["--workdir={vit}", "--reduction=sarf_tome:keep=0.35,sites=2"], "sites=2 but a backbone with depths (2,)"),
-    (["--workdir={vit}", "--batch=abc"], "--batch must be a positive integer or 'dynamic', got 'abc'"),
-], ids=["unknown workdir", "spec the model cannot take", "bad batch"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workdir={missing}"], "missing has no model.json: not a training workdir"),
+        (["--workdir={vit}", "--reduction=sarf_tome:keep=0.35,sites=2"], "sites=2 but a backbone with depths (2,)"),
+        (["--workdir={vit}", "--batch=abc"], "--batch must be a positive integer or 'dynamic', got 'abc'"),
+    ],
+    ids=["unknown workdir", "spec the model cannot take", "bad batch"],
+)
 def test_cli_rejects_bad_input_with_one_line_and_writes_nothing(model_dirs, tmp_path, args, message):
     out = tmp_path / "out" / "model.jax"
     args = [a.format(missing=tmp_path / "missing", vit=model_dirs["vit"]) for a in args]

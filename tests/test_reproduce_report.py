@@ -10,21 +10,46 @@ spec.loader.exec_module(reproduce)
 
 
 def entries(dense_top1, sarf_top1, evit_top1):
-    dense = {"weights": "ema", "reduction": "none", "method": "none", "top1": dense_top1, "top1_drop": 0.0,
-             "gflops": 0.02, "images_per_s": 400.0}
-    reduced = [{"weights": "ema", "reduction": f"{m}:keep=0.6,sites=1", "method": m, "top1": t,
-                "top1_drop": dense_top1 - t, "gflops": 0.015, "images_per_s": 500.0}
-               for m, t in (("sarf_tome", sarf_top1), ("evit", evit_top1))]
+    dense = {
+        "weights": "ema",
+        "reduction": "none",
+        "method": "none",
+        "top1": dense_top1,
+        "top1_drop": 0.0,
+        "gflops": 0.02,
+        "images_per_s": 400.0,
+    }
+    reduced = [
+        {
+            "weights": "ema",
+            "reduction": f"{m}:keep=0.6,sites=1",
+            "method": m,
+            "top1": t,
+            "top1_drop": dense_top1 - t,
+            "gflops": 0.015,
+            "images_per_s": 500.0,
+        }
+        for m, t in (("sarf_tome", sarf_top1), ("evit", evit_top1))
+    ]
     return [dense, *reduced]
 
 
 def report():
     run = lambda *top1: {"train": {}, "meta": {}, "entries": entries(*top1)}
-    return {"date": "2026-11-26", "machine": "test machine", "steps": 5, "timings_s": {"train a": 60.0},
-            "total_s": 120.0, "runs": {"vmamba_mini": run(0.8, 0.79, 0.5), "vit_mini": run(0.7, 0.69, 0.6)},
-            "finetune": {"model": "vmamba_mini", "steps": 3,
-                         "dense": {"reduction": "none", "entries": entries(0.81, 0.78, 0.5)},
-                         "sarf": {"reduction": "sarf_tome:keep=0.6,sites=1", "entries": entries(0.8, 0.8, 0.5)}}}
+    return {
+        "date": "2026-11-26",
+        "machine": "test machine",
+        "steps": 5,
+        "timings_s": {"train a": 60.0},
+        "total_s": 120.0,
+        "runs": {"vmamba_mini": run(0.8, 0.79, 0.5), "vit_mini": run(0.7, 0.69, 0.6)},
+        "finetune": {
+            "model": "vmamba_mini",
+            "steps": 3,
+            "dense": {"reduction": "none", "entries": entries(0.81, 0.78, 0.5)},
+            "sarf": {"reduction": "sarf_tome:keep=0.6,sites=1", "entries": entries(0.8, 0.8, 0.5)},
+        },
+    }
 
 
 def test_tables_put_each_method_in_its_column_with_its_drop():

@@ -40,9 +40,15 @@ def import_official(models_dir: str):
     fvcore_nn = types.ModuleType("fvcore.nn")
     for name in ("FlopCountAnalysis", "flop_count_str", "flop_count", "parameter_count"):
         setattr(fvcore_nn, name, None)
-    sys.modules.update({"timm": types.ModuleType("timm"), "timm.models": types.ModuleType("timm.models"),
-                        "timm.models.layers": timm_layers, "fvcore": types.ModuleType("fvcore"),
-                        "fvcore.nn": fvcore_nn})
+    sys.modules.update(
+        {
+            "timm": types.ModuleType("timm"),
+            "timm.models": types.ModuleType("timm.models"),
+            "timm.models.layers": timm_layers,
+            "fvcore": types.ModuleType("fvcore"),
+            "fvcore.nn": fvcore_nn,
+        }
+    )
     torch.cuda.device = lambda *args, **kwargs: contextlib.nullcontext()
     sys.path.insert(0, models_dir)
     import vmamba
@@ -64,13 +70,47 @@ def perturbed(model: torch.nn.Module, generator: torch.Generator) -> torch.nn.Mo
 
 def main(models_dir: str) -> None:
     vmamba = import_official(models_dir)
-    base = dict(depths=[1, 1, 2], dims=16, num_classes=7, ssm_dt_rank="auto", ssm_act_layer="silu",
-                ssm_drop_rate=0.0, ssm_init="v0", mlp_act_layer="gelu", mlp_drop_rate=0.0, gmlp=False,
-                patch_norm=True, use_checkpoint=False, posembed=False, drop_path_rate=0.1, imgsize=52)
-    released = dict(base, ssm_d_state=1, ssm_ratio=1.0, ssm_conv=3, ssm_conv_bias=False, forward_type="v05_noz",
-                    mlp_ratio=4.0, norm_layer="ln2d", downsample_version="v3", patchembed_version="v2")
-    vanilla = dict(base, ssm_d_state=4, ssm_ratio=2.0, ssm_conv=3, ssm_conv_bias=True, forward_type="v0",
-                   mlp_ratio=0.0, norm_layer="ln", downsample_version="v1", patchembed_version="v1")
+    base = dict(
+        depths=[1, 1, 2],
+        dims=16,
+        num_classes=7,
+        ssm_dt_rank="auto",
+        ssm_act_layer="silu",
+        ssm_drop_rate=0.0,
+        ssm_init="v0",
+        mlp_act_layer="gelu",
+        mlp_drop_rate=0.0,
+        gmlp=False,
+        patch_norm=True,
+        use_checkpoint=False,
+        posembed=False,
+        drop_path_rate=0.1,
+        imgsize=52,
+    )
+    released = dict(
+        base,
+        ssm_d_state=1,
+        ssm_ratio=1.0,
+        ssm_conv=3,
+        ssm_conv_bias=False,
+        forward_type="v05_noz",
+        mlp_ratio=4.0,
+        norm_layer="ln2d",
+        downsample_version="v3",
+        patchembed_version="v2",
+    )
+    vanilla = dict(
+        base,
+        ssm_d_state=4,
+        ssm_ratio=2.0,
+        ssm_conv=3,
+        ssm_conv_bias=True,
+        forward_type="v0",
+        mlp_ratio=0.0,
+        norm_layer="ln",
+        downsample_version="v1",
+        patchembed_version="v1",
+    )
     cases = {
         "v05_noz, ln2d, v2 stem, v3 downsample": released,
         "v05_noz, ln": dict(released, norm_layer="ln"),
@@ -87,8 +127,10 @@ def main(models_dir: str) -> None:
             expected = model(images).numpy()
         ours = from_official("vmamba", kwargs, {k: v.numpy() for k, v in model.state_dict().items()})
         logits = np.asarray(ours(jnp.asarray(images.numpy().transpose(0, 2, 3, 1))))
-        print(f"{label}: images 52x52, max abs logit error {np.abs(logits - expected).max():.2e} "
-              f"(logits up to {np.abs(expected).max():.2f})")
+        print(
+            f"{label}: images 52x52, max abs logit error {np.abs(logits - expected).max():.2e} "
+            f"(logits up to {np.abs(expected).max():.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -46,10 +46,20 @@ def run(command: list[str]) -> float:
 
 
 def train_command(args, name: str, workdir: pathlib.Path, steps: int, *extra: str) -> list[str]:
-    return [sys.executable, "train.py", "--config", "configs/default.py", "--workdir", str(workdir),
-            f"--config.model.name={name}", "--config.model.overrides.patch_size=2",
-            f"--config.total_steps={steps}", f"--config.data.dir={args.data_dir}",
-            "--config.progress_bar=False", *extra]
+    return [
+        sys.executable,
+        "train.py",
+        "--config",
+        "configs/default.py",
+        "--workdir",
+        str(workdir),
+        f"--config.model.name={name}",
+        "--config.model.overrides.patch_size=2",
+        f"--config.total_steps={steps}",
+        f"--config.data.dir={args.data_dir}",
+        "--config.progress_bar=False",
+        *extra,
+    ]
 
 
 def eval_command(args, workdir: pathlib.Path, reductions: list[str] | None = None) -> list[str]:
@@ -83,27 +93,42 @@ def by_schedule(entries: list[dict]) -> tuple[dict, dict]:
 
 def markdown(report: dict) -> str:
     """Top-1 (%) per backbone and schedule, methods side by side at the same grids (matched GFLOPs)."""
-    lines = [f"Fashion-MNIST test set (10,000 images), EMA weights, {report['machine']}, {report['date']}.",
-             f"Dense training: {report['steps']} steps of batch 64; reductions applied training-free.", "",
-             "| backbone | schedule | GFLOPs (saving) | dense | " + " | ".join(METHODS) + " |",
-             "|---|---|---|---|" + "---|" * len(METHODS)]
+    lines = [
+        f"Fashion-MNIST test set (10,000 images), EMA weights, {report['machine']}, {report['date']}.",
+        f"Dense training: {report['steps']} steps of batch 64; reductions applied training-free.",
+        "",
+        "| backbone | schedule | GFLOPs (saving) | dense | " + " | ".join(METHODS) + " |",
+        "|---|---|---|---|" + "---|" * len(METHODS),
+    ]
     for name, run_ in report["runs"].items():
         dense, table = by_schedule(run_["entries"])
         for schedule, row in table.items():
             gflops = row.get("sarf_tome", next(iter(row.values())))["gflops"]
-            cells = [f"{100 * row[m]['top1']:.2f} ({0.0 - 100 * row[m]['top1_drop']:+.2f})" if m in row else "–"
-                     for m in METHODS]
-            lines.append(f"| {name} | {schedule} | {gflops:.4f} ({100 * (1 - gflops / dense['gflops']):.0f}%) | "
-                         f"{100 * dense['top1']:.2f} | " + " | ".join(cells) + " |")
-    lines += ["", "Speed (images/s, batch 250, forward only, same machine):", "",
-              "| backbone | schedule | dense | " + " | ".join(METHODS) + " |", "|---|---|---|" + "---|" * len(METHODS)]
+            cells = [
+                f"{100 * row[m]['top1']:.2f} ({0.0 - 100 * row[m]['top1_drop']:+.2f})" if m in row else "–"
+                for m in METHODS
+            ]
+            lines.append(
+                f"| {name} | {schedule} | {gflops:.4f} ({100 * (1 - gflops / dense['gflops']):.0f}%) | "
+                f"{100 * dense['top1']:.2f} | " + " | ".join(cells) + " |"
+            )
+    lines += [
+        "",
+        "Speed (images/s, batch 250, forward only, same machine):",
+        "",
+        "| backbone | schedule | dense | " + " | ".join(METHODS) + " |",
+        "|---|---|---|" + "---|" * len(METHODS),
+    ]
     for name, run_ in report["runs"].items():
         dense, table = by_schedule(run_["entries"])
         for schedule, row in table.items():
             cells = [f"{row[m]['images_per_s']:.0f}" if m in row else "–" for m in METHODS]
             lines.append(f"| {name} | {schedule} | {dense['images_per_s']:.0f} | " + " | ".join(cells) + " |")
-    lines += ["", "Phase timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings_s"].items()),
-              f"Total: {report['total_s'] / 60:.1f} min."]
+    lines += [
+        "",
+        "Phase timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings_s"].items()),
+        f"Total: {report['total_s'] / 60:.1f} min.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -118,12 +143,14 @@ def plot(report: dict, path: pathlib.Path) -> None:
     for axis, (name, run_) in zip(axes[0], runs.items()):
         dense, table = by_schedule(run_["entries"])
         for method in METHODS:
-            points = sorted((row[method]["gflops"] * 1e3, 100 * row[method]["top1"])
-                            for row in table.values() if method in row)
+            points = sorted(
+                (row[method]["gflops"] * 1e3, 100 * row[method]["top1"]) for row in table.values() if method in row
+            )
             if points:
                 axis.plot(*zip(*points), marker="o", label=method)
-        axis.scatter([dense["gflops"] * 1e3], [100 * dense["top1"]], marker="*", s=180, color="black",
-                     zorder=5, label="dense")
+        axis.scatter(
+            [dense["gflops"] * 1e3], [100 * dense["top1"]], marker="*", s=180, color="black", zorder=5, label="dense"
+        )
         axis.set_title(name)
         axis.set_xlabel("MFLOPs per image")
         axis.grid(alpha=0.3)
@@ -136,8 +163,14 @@ def plot(report: dict, path: pathlib.Path) -> None:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.machine()) if os.path.exists("/proc/cpuinfo") else platform.machine()
+    model = (
+        next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+            platform.machine(),
+        )
+        if os.path.exists("/proc/cpuinfo")
+        else platform.machine()
+    )
     return f"{os.cpu_count()}-core {model}, CPU only"
 
 
@@ -152,12 +185,16 @@ def define_flags() -> None:
     flags.DEFINE_integer("finetune_steps", 200, "Fine-tuning steps (SARF and the dense control).", lower_bound=1)
     flags.DEFINE_string("finetune_reduction", "sarf_tome:keep=0.35,sites=2", "Reduction active while fine-tuning.")
     flags.DEFINE_bool("report_only", False, "Rewrite the .md and .png from OUT/reproduce.json.")
-    flags.register_validator("models", lambda names: bool(names) and set(names) <= set(MODELS),
-                             f"--models must be a non-empty comma-separated subset of {','.join(MODELS)}")
+    flags.register_validator(
+        "models",
+        lambda names: bool(names) and set(names) <= set(MODELS),
+        f"--models must be a non-empty comma-separated subset of {','.join(MODELS)}",
+    )
     flags.register_multi_flags_validator(
         ["finetune_model", "models"],
         lambda values: not values["finetune_model"] or values["finetune_model"] in values["models"],
-        "--finetune_model must be one of --models (or '' to skip fine-tuning)")
+        "--finetune_model must be one of --models (or '' to skip fine-tuning)",
+    )
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -194,17 +231,32 @@ def main(argv) -> None:
         name = args.finetune_model
         for label, reduction in (("dense", "none"), ("sarf", args.finetune_reduction)):
             target = workdir / f"{name}_finetune_{label}"
-            timings[f"finetune {label}"] = run(train_command(
-                args, name, target, args.finetune_steps, f"--config.init_from={workdir / name}",
-                f"--config.reduction={reduction}", "--config.optimizer.lr=5e-4",
-                "--config.optimizer.warmup_steps=20"))
+            timings[f"finetune {label}"] = run(
+                train_command(
+                    args,
+                    name,
+                    target,
+                    args.finetune_steps,
+                    f"--config.init_from={workdir / name}",
+                    f"--config.reduction={reduction}",
+                    "--config.optimizer.lr=5e-4",
+                    "--config.optimizer.warmup_steps=20",
+                )
+            )
             sarf_tome = [e["reduction"] for e in runs[name]["entries"] if e["method"] == "sarf_tome"]
             timings[f"sweep finetune {label}"] = run(eval_command(args, target, ["none", *sarf_tome]))
             finetune[label] = {"reduction": reduction, **collect_run(ROOT / target)}
-    report = {"date": datetime.date.today().isoformat(), "machine": machine(), "steps": args.steps,
-              "command": "make reproduce", "sweep": args.sweep, "timings_s": timings,
-              "total_s": time.perf_counter() - start, "runs": runs,
-              "finetune": {"model": args.finetune_model, "steps": args.finetune_steps, **finetune}}
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "steps": args.steps,
+        "command": "make reproduce",
+        "sweep": args.sweep,
+        "timings_s": timings,
+        "total_s": time.perf_counter() - start,
+        "runs": runs,
+        "finetune": {"model": args.finetune_model, "steps": args.finetune_steps, **finetune},
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "reproduce.json").write_text(json.dumps(report, indent=1) + "\n")
     write_report(report, out)
@@ -224,17 +276,26 @@ def finetune_markdown(report: dict) -> str:
         return ""
     name = finetune["model"]
     schedules = list(by_schedule(report["runs"][name]["entries"])[1])
-    lines = ["", f"Reduction-aware fine-tuning of {name}: {finetune['steps']} more steps from the dense run, "
-             f"with `{finetune['sarf']['reduction']}` active (SARF) or no reduction (control); top-1 (%) "
-             "with no reduction and with sarf_tome at each schedule:", "",
-             "| weights | dense | " + " | ".join(f"sarf_tome {s}" for s in schedules) + " |",
-             "|---|---|" + "---|" * len(schedules)]
-    for label, entries in (("dense-trained", report["runs"][name]["entries"]),
-                           ("+ dense control", finetune["dense"]["entries"]),
-                           ("+ SARF fine-tuned", finetune["sarf"]["entries"])):
+    lines = [
+        "",
+        f"Reduction-aware fine-tuning of {name}: {finetune['steps']} more steps from the dense run, "
+        f"with `{finetune['sarf']['reduction']}` active (SARF) or no reduction (control); top-1 (%) "
+        "with no reduction and with sarf_tome at each schedule:",
+        "",
+        "| weights | dense | " + " | ".join(f"sarf_tome {s}" for s in schedules) + " |",
+        "|---|---|" + "---|" * len(schedules),
+    ]
+    for label, entries in (
+        ("dense-trained", report["runs"][name]["entries"]),
+        ("+ dense control", finetune["dense"]["entries"]),
+        ("+ SARF fine-tuned", finetune["sarf"]["entries"]),
+    ):
         dense, table = by_schedule(entries)
-        lines.append(f"| {label} | {100 * dense['top1']:.2f} | " + " | ".join(
-            f"{100 * table[s]['sarf_tome']['top1']:.2f}" for s in schedules) + " |")
+        lines.append(
+            f"| {label} | {100 * dense['top1']:.2f} | "
+            + " | ".join(f"{100 * table[s]['sarf_tome']['top1']:.2f}" for s in schedules)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -17,5 +17,6 @@ SCHEDULES = ("keep=0.6,sites=1", "keep=0.35,sites=2", "keep=0.2")
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        reductions=["none"] + [f"{method}:{schedule}" for method in METHODS for schedule in SCHEDULES]))
+    return ml_collections.ConfigDict(
+        dict(reductions=["none"] + [f"{method}:{schedule}" for method in METHODS for schedule in SCHEDULES])
+    )

@@ -17,6 +17,10 @@ TOME_SCHEDULES = SCHEDULES[:2]
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        reductions=["none"] + [f"{method}:{schedule}" for method in METHODS for schedule in SCHEDULES]
-        + [f"tome:{schedule}" for schedule in TOME_SCHEDULES]))
+    return ml_collections.ConfigDict(
+        dict(
+            reductions=["none"]
+            + [f"{method}:{schedule}" for method in METHODS for schedule in SCHEDULES]
+            + [f"tome:{schedule}" for schedule in TOME_SCHEDULES]
+        )
+    )

@@ -14,5 +14,6 @@ SCHEDULES = tuple(f"hybrid_{i}p1" for i in range(1, 6))
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        reductions=["none"] + [f"{method}:{schedule}" for method in METHODS for schedule in SCHEDULES]))
+    return ml_collections.ConfigDict(
+        dict(reductions=["none"] + [f"{method}:{schedule}" for method in METHODS for schedule in SCHEDULES])
+    )

@@ -50,8 +50,16 @@ def parse_override(text: str) -> tuple[str, object]:
         return key, value
 
 
-def convert(model_name: str, checkpoint_path, out, *, ema: bool = False, img_size: int = 224,
-            in_chans: int = 3, overrides: dict | None = None) -> dict:
+def convert(
+    model_name: str,
+    checkpoint_path,
+    out,
+    *,
+    ema: bool = False,
+    img_size: int = 224,
+    in_chans: int = 3,
+    overrides: dict | None = None,
+) -> dict:
     """Convert and write; returns the model.json contents. Nothing is written on failure."""
     if model_name not in models.list_models():
         raise ValueError(f"--model: unknown model {model_name!r}; valid names: {', '.join(models.list_models())}")
@@ -67,14 +75,28 @@ def convert(model_name: str, checkpoint_path, out, *, ema: bool = False, img_siz
     if num_classes is None:
         raise ValueError(f"{checkpoint_path}: no classifier head ({adapter.HEAD_WEIGHT} after renaming)")
     overrides = dict(overrides or {})
-    model = models.create(model_name, num_classes=num_classes, img_size=img_size, in_chans=in_chans,
-                          rngs=nnx.Rngs(0), **overrides)
+    model = models.create(
+        model_name, num_classes=num_classes, img_size=img_size, in_chans=in_chans, rngs=nnx.Rngs(0), **overrides
+    )
     load_state_dict(model, state_dict, rename=adapter.rename, what=str(checkpoint_path))
-    source = {"file": str(checkpoint_path.absolute()), "sha256": sha256(checkpoint_path),
-              "weights": "model_ema" if ema else "model"}
-    save_pretrained(out, model, name=model_name, num_classes=num_classes, img_size=img_size,
-                    in_chans=in_chans, overrides=overrides, source=source)
+    source = {
+        "file": str(checkpoint_path.absolute()),
+        "sha256": sha256(checkpoint_path),
+        "weights": "model_ema" if ema else "model",
+    }
+    save_pretrained(
+        out,
+        model,
+        name=model_name,
+        num_classes=num_classes,
+        img_size=img_size,
+        in_chans=in_chans,
+        overrides=overrides,
+        source=source,
+    )
     return {"name": model_name, "num_classes": num_classes, "img_size": img_size, "source": source}
+
+
 FLAGS = flags.FLAGS
 
 
@@ -85,16 +107,28 @@ def define_flags() -> None:
     flags.DEFINE_bool("ema", False, "Convert the EMA weights (model_ema) instead of the trained ones.")
     flags.DEFINE_integer("img_size", 224, "Image side the model is built for.", lower_bound=1)
     flags.DEFINE_integer("in_chans", 3, "Input channels.", lower_bound=1)
-    flags.DEFINE_multi_string("override", [], "KEY=VALUE: change an argument of the registered variant "
-                              "(repeatable; VALUE is JSON, else a string).")
+    flags.DEFINE_multi_string(
+        "override",
+        [],
+        "KEY=VALUE: change an argument of the registered variant (repeatable; VALUE is JSON, else a string).",
+    )
     flags.mark_flags_as_required(["model", "torch_checkpoint", "out"])
 
 
 def main(argv) -> int:
-    info = convert(FLAGS.model, FLAGS.torch_checkpoint, FLAGS.out, ema=FLAGS.ema, img_size=FLAGS.img_size,
-                   in_chans=FLAGS.in_chans, overrides=dict(map(parse_override, FLAGS.override)))
-    print(f"wrote {FLAGS.out}: {info['name']} ({info['num_classes']} classes, {info['img_size']} px) "
-          f"from {info['source']['weights']} of {FLAGS.torch_checkpoint} (sha256 {info['source']['sha256'][:12]}...)")
+    info = convert(
+        FLAGS.model,
+        FLAGS.torch_checkpoint,
+        FLAGS.out,
+        ema=FLAGS.ema,
+        img_size=FLAGS.img_size,
+        in_chans=FLAGS.in_chans,
+        overrides=dict(map(parse_override, FLAGS.override)),
+    )
+    print(
+        f"wrote {FLAGS.out}: {info['name']} ({info['num_classes']} classes, {info['img_size']} px) "
+        f"from {info['source']['weights']} of {FLAGS.torch_checkpoint} (sha256 {info['source']['sha256'][:12]}...)"
+    )
     return 0
 
 

@@ -24,8 +24,9 @@ FAMILIES = {  # family name -> module with build() and rename()
 }
 
 
-def from_official(family: str, constructor_kwargs: Mapping, state_dict: Mapping[str, np.ndarray],
-                  *, rngs: nnx.Rngs | None = None) -> nnx.Module:
+def from_official(
+    family: str, constructor_kwargs: Mapping, state_dict: Mapping[str, np.ndarray], *, rngs: nnx.Rngs | None = None
+) -> nnx.Module:
     """Our model equivalent to `OfficialClass(**constructor_kwargs)` loaded with `state_dict`.
 
     The returned model takes NHWC images. `num_classes` defaults to the rows of the state dict's
@@ -38,9 +39,11 @@ def from_official(family: str, constructor_kwargs: Mapping, state_dict: Mapping[
     if classes is not None:
         given = kwargs.setdefault("num_classes", classes)
         if given != classes:
-            raise ValueError(f"from_official: constructor_kwargs num_classes={given!r}, but the {family} state "
-                             f"dict's head ({adapter.HEAD_WEIGHT}) has {classes} rows; leave num_classes out "
-                             f"to take it from the head")
+            raise ValueError(
+                f"from_official: constructor_kwargs num_classes={given!r}, but the {family} state "
+                f"dict's head ({adapter.HEAD_WEIGHT}) has {classes} rows; leave num_classes out "
+                f"to take it from the head"
+            )
     model = adapter.build(kwargs, rngs or nnx.Rngs(0))
     load_state_dict(model, state_dict, rename=adapter.rename, what=f"{family} state dict")
     return model

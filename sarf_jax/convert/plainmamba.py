@@ -30,14 +30,43 @@ ARCH_MAMBA_CFG = dict(d_state=16, expand=2, conv_size=7, dt_init="random", conv_
 # The official constructors' defaults: PlainMamba(...) (plus the head's num_classes) and
 # PlainMamba2D(...), used for every key the given kwargs leave out.
 BACKBONE_DEFAULTS = dict(
-    num_classes=1000, img_size=224, in_channels=3, arch=None, patch_size=16, embed_dims=192, num_layers=20,
-    num_convs_patch_embed=1, with_pos_embed=True, out_indices=-1, drop_rate=0.0, drop_path_rate=0.0,
-    norm_cfg={"type": "LN", "eps": 1e-6}, final_norm=True, interpolate_mode="bicubic", layer_cfgs={},
-    layers_with_dwconv=[], init_cfg=None, test_cfg={}, convert_syncbn=False, freeze_patch_embed=False,
+    num_classes=1000,
+    img_size=224,
+    in_channels=3,
+    arch=None,
+    patch_size=16,
+    embed_dims=192,
+    num_layers=20,
+    num_convs_patch_embed=1,
+    with_pos_embed=True,
+    out_indices=-1,
+    drop_rate=0.0,
+    drop_path_rate=0.0,
+    norm_cfg={"type": "LN", "eps": 1e-6},
+    final_norm=True,
+    interpolate_mode="bicubic",
+    layer_cfgs={},
+    layers_with_dwconv=[],
+    init_cfg=None,
+    test_cfg={},
+    convert_syncbn=False,
+    freeze_patch_embed=False,
 )
-MAMBA_DEFAULTS = dict(d_state=16, expand=2, dt_rank="auto", dt_min=0.001, dt_max=0.1, dt_init="random",
-                      dt_scale=1.0, dt_init_floor=1e-4, conv_size=7, conv_bias=True, bias=False,
-                      init_layer_scale=None, default_hw_shape=None)
+MAMBA_DEFAULTS = dict(
+    d_state=16,
+    expand=2,
+    dt_rank="auto",
+    dt_min=0.001,
+    dt_max=0.1,
+    dt_init="random",
+    dt_scale=1.0,
+    dt_init_floor=1e-4,
+    conv_size=7,
+    conv_bias=True,
+    bias=False,
+    init_layer_scale=None,
+    default_hw_shape=None,
+)
 # init_cfg, test_cfg, convert_syncbn: initialisation and training bookkeeping, no effect on the
 # forward pass. default_hw_shape: only caches the scan orders; ours are computed for every grid.
 
@@ -49,8 +78,7 @@ def _fail(name, value, valid):
 def _check_keys(where, given: dict, valid: dict):
     unknown = sorted(set(given) - set(valid))
     if unknown:
-        raise ValueError(f"plainmamba constructor_kwargs: unsupported keys {unknown}{where}; "
-                         f"valid: {sorted(valid)}")
+        raise ValueError(f"plainmamba constructor_kwargs: unsupported keys {unknown}{where}; valid: {sorted(valid)}")
 
 
 def build(constructor_kwargs: dict, rngs: nnx.Rngs) -> PlainMamba:

@@ -88,8 +88,10 @@ def load_state_dict(
     missing, unexpected = sorted(set(expected) - set(given)), sorted(set(given) - set(expected))
     if missing or unexpected:
         shown = lambda keys: f"{len(keys)} keys {keys[:20]}{' ...' if len(keys) > 20 else ''}"
-        raise ValueError(f"{what} does not fit the model: missing {shown(missing)}, "
-                         f"unexpected {shown([given[k][0] for k in unexpected])}")
+        raise ValueError(
+            f"{what} does not fit the model: missing {shown(missing)}, "
+            f"unexpected {shown([given[k][0] for k in unexpected])}"
+        )
     converted = []
     for key, (variable, layout) in expected.items():
         source_key, value = given[key]

@@ -70,8 +70,9 @@ def read_checkpoint(path: str) -> Mapping:
     try:
         import torch
     except ImportError as error:
-        raise ImportError("reading an official PyTorch checkpoint needs torch: pip install 'sarf_jax[convert]' "
-                          "(or any torch >= 2.5)") from error
+        raise ImportError(
+            "reading an official PyTorch checkpoint needs torch: pip install 'sarf_jax[convert]' (or any torch >= 2.5)"
+        ) from error
 
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -79,8 +80,7 @@ def read_checkpoint(path: str) -> Mapping:
     except pickle.UnpicklingError:
         pass  # a config object weights_only cannot rebuild: try the restricted unpickler
     try:
-        return torch.load(path, map_location="cpu", weights_only=False,
-                          pickle_module=_restricted_pickle_module())
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_restricted_pickle_module())
     except pickle.UnpicklingError as error:
         raise ValueError(f"{path}: {error}") from None
 
@@ -97,5 +97,7 @@ def select_state_dict(checkpoint: Mapping, *, ema: bool, source: str = "checkpoi
                 f"{source}: no {'EMA ' if ema else ''}weights found; looked for entries {list(entries)}, "
                 f"the file has {sorted(checkpoint)}"
             )
-    return {key: value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-            for key, value in found.items()}
+    return {
+        key: value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        for key, value in found.items()
+    }

@@ -17,12 +17,32 @@ HEAD_WEIGHT = "classifier.head.weight"  # (renamed) from_official reads num_clas
 
 # VSSM.__init__'s defaults, for keys a config leaves out.
 VSSM_DEFAULTS = dict(
-    patch_size=4, in_chans=3, num_classes=1000, depths=[2, 2, 9, 2], dims=[96, 192, 384, 768],
-    ssm_d_state=16, ssm_ratio=2.0, ssm_dt_rank="auto", ssm_act_layer="silu", ssm_conv=3,
-    ssm_conv_bias=True, ssm_drop_rate=0.0, ssm_init="v0", forward_type="v2", mlp_ratio=4.0,
-    mlp_act_layer="gelu", mlp_drop_rate=0.0, gmlp=False, drop_path_rate=0.1, patch_norm=True,
-    norm_layer="LN", downsample_version="v2", patchembed_version="v1", use_checkpoint=False,
-    posembed=False, imgsize=224,
+    patch_size=4,
+    in_chans=3,
+    num_classes=1000,
+    depths=[2, 2, 9, 2],
+    dims=[96, 192, 384, 768],
+    ssm_d_state=16,
+    ssm_ratio=2.0,
+    ssm_dt_rank="auto",
+    ssm_act_layer="silu",
+    ssm_conv=3,
+    ssm_conv_bias=True,
+    ssm_drop_rate=0.0,
+    ssm_init="v0",
+    forward_type="v2",
+    mlp_ratio=4.0,
+    mlp_act_layer="gelu",
+    mlp_drop_rate=0.0,
+    gmlp=False,
+    drop_path_rate=0.1,
+    patch_norm=True,
+    norm_layer="LN",
+    downsample_version="v2",
+    patchembed_version="v1",
+    use_checkpoint=False,
+    posembed=False,
+    imgsize=224,
 )
 
 # SS2Dv2 forward types that differ only in CUDA backend, einsum vs grouped conv1d, and forced
@@ -31,9 +51,16 @@ _V2_FORWARD_TYPES = ("v01", "v02", "v03", "v04", "v05", "v2", "v3")
 
 # option -> values this port implements (the other values change the architecture)
 _SUPPORTED = dict(
-    ssm_act_layer=("silu",), ssm_init=("v0",), mlp_act_layer=("gelu",), gmlp=(False,),
-    norm_layer=("ln", "ln2d"), posembed=(False,), patchembed_version=("v1", "v2"),
-    downsample_version=("v1", "v2", "v3"), ssm_drop_rate=(0.0,), mlp_drop_rate=(0.0,),
+    ssm_act_layer=("silu",),
+    ssm_init=("v0",),
+    mlp_act_layer=("gelu",),
+    gmlp=(False,),
+    norm_layer=("ln", "ln2d"),
+    posembed=(False,),
+    patchembed_version=("v1", "v2"),
+    downsample_version=("v1", "v2", "v3"),
+    ssm_drop_rate=(0.0,),
+    mlp_drop_rate=(0.0,),
     use_checkpoint=(False, True),  # rematerialisation only; no effect on outputs
 )
 
@@ -50,8 +77,9 @@ def build(constructor_kwargs: dict, rngs: nnx.Rngs) -> VMamba:
     """Our VMamba for `VSSM(**constructor_kwargs)` (norm_layer "ln" or "ln2d": same weights)."""
     unknown = sorted(set(constructor_kwargs) - set(VSSM_DEFAULTS))
     if unknown:
-        raise ValueError(f"vmamba constructor_kwargs: unknown or unsupported arguments {unknown}; "
-                         f"known: {sorted(VSSM_DEFAULTS)}")
+        raise ValueError(
+            f"vmamba constructor_kwargs: unknown or unsupported arguments {unknown}; known: {sorted(VSSM_DEFAULTS)}"
+        )
     kw = {**VSSM_DEFAULTS, **constructor_kwargs}
     for name, valid in _SUPPORTED.items():
         value = kw[name].lower() if name in ("ssm_act_layer", "mlp_act_layer", "norm_layer") else kw[name]
@@ -73,12 +101,22 @@ def build(constructor_kwargs: dict, rngs: nnx.Rngs) -> VMamba:
     else:  # z-gated SS2Dv2: LN(y) * SiLU(z), as v0, with the configured conv
         ssm = dict(forward_type="v0", ssm_conv=kw["ssm_conv"], ssm_conv_bias=kw["ssm_conv_bias"])
     return VMamba(
-        num_classes=kw["num_classes"], img_size=kw["imgsize"], in_chans=kw["in_chans"],
-        depths=kw["depths"], dims=kw["dims"], patch_size=kw["patch_size"],
-        ssm_d_state=kw["ssm_d_state"], ssm_ratio=kw["ssm_ratio"], ssm_dt_rank=kw["ssm_dt_rank"],
-        mlp_ratio=kw["mlp_ratio"], patchembed_version=kw["patchembed_version"],
-        downsample_version=kw["downsample_version"], patch_norm=kw["patch_norm"],
-        drop_path_rate=kw["drop_path_rate"], rngs=rngs, **ssm,
+        num_classes=kw["num_classes"],
+        img_size=kw["imgsize"],
+        in_chans=kw["in_chans"],
+        depths=kw["depths"],
+        dims=kw["dims"],
+        patch_size=kw["patch_size"],
+        ssm_d_state=kw["ssm_d_state"],
+        ssm_ratio=kw["ssm_ratio"],
+        ssm_dt_rank=kw["ssm_dt_rank"],
+        mlp_ratio=kw["mlp_ratio"],
+        patchembed_version=kw["patchembed_version"],
+        downsample_version=kw["downsample_version"],
+        patch_norm=kw["patch_norm"],
+        drop_path_rate=kw["drop_path_rate"],
+        rngs=rngs,
+        **ssm,
     )
 
 

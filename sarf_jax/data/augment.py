@@ -49,7 +49,7 @@ def resize_center_crop(image: np.ndarray, size: int, crop_pct: float = 0.875) ->
         new_h, new_w = max(scale, int(scale * height / width)), scale
     image = resize(image, new_h, new_w)
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    return image[top:top + size, left:left + size]
+    return image[top : top + size, left : left + size]
 
 
 def pad_random_crop(image: np.ndarray, size: int, pad: int, rng: np.random.Generator) -> np.ndarray:
@@ -57,11 +57,12 @@ def pad_random_crop(image: np.ndarray, size: int, pad: int, rng: np.random.Gener
     image = resize(image, size, size)
     padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
     top, left = rng.integers(0, 2 * pad + 1, 2)
-    return padded[top:top + size, left:left + size]
+    return padded[top : top + size, left : left + size]
 
 
-def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
-                        scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+def random_resized_crop(
+    image: np.ndarray, size: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)
+) -> np.ndarray:
     """Inception crop (torchvision RandomResizedCrop): random area and aspect, resized bicubic."""
     height, width = image.shape[:2]
     area = height * width
@@ -71,10 +72,10 @@ def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator,
         w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
-            return resize(image[top:top + h, left:left + w], size, size)
+            return resize(image[top : top + h, left : left + w], size, size)
     side = min(height, width)  # fallback: central square
     top, left = (height - side) // 2, (width - side) // 2
-    return resize(image[top:top + side, left:left + side], size, size)
+    return resize(image[top : top + side, left : left + side], size, size)
 
 
 def rand_augment(image: np.ndarray, rng: np.random.Generator, num_ops: int = 2, magnitude: float = 9) -> np.ndarray:
@@ -105,15 +106,22 @@ RAND_AUGMENT_OPS = [  # (image, level in [0, 1], random sign) -> image
     _enhance("Contrast"),
     _enhance("Brightness"),
     _enhance("Sharpness"),
-    lambda im, level, sign: _affine(im, (1, sign * 0.3 * level, 0, 0, 1, 0)),                # shear x
-    lambda im, level, sign: _affine(im, (1, 0, 0, sign * 0.3 * level, 1, 0)),                # shear y
+    lambda im, level, sign: _affine(im, (1, sign * 0.3 * level, 0, 0, 1, 0)),  # shear x
+    lambda im, level, sign: _affine(im, (1, 0, 0, sign * 0.3 * level, 1, 0)),  # shear y
     lambda im, level, sign: _affine(im, (1, 0, sign * 0.45 * level * im.size[0], 0, 1, 0)),  # translate x
     lambda im, level, sign: _affine(im, (1, 0, 0, 0, 1, sign * 0.45 * level * im.size[1])),  # translate y
 ]
 
 
-def mixup_cutmix(rng: jax.Array, images: jax.Array, targets: jax.Array, *, mixup_alpha: float,
-                 cutmix_alpha: float, switch_prob: float = 0.5):
+def mixup_cutmix(
+    rng: jax.Array,
+    images: jax.Array,
+    targets: jax.Array,
+    *,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    switch_prob: float = 0.5,
+):
     """timm `Mixup(mode='batch')`: one lambda for the batch, partner = the batch reversed.
 
     With both alphas > 0, cutmix is used with probability `switch_prob`. The cutmix box has area
@@ -123,8 +131,11 @@ def mixup_cutmix(rng: jax.Array, images: jax.Array, targets: jax.Array, *, mixup
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         return images, targets
     choose, mix_key, cut_key, box_key = jax.random.split(rng, 4)
-    use_cutmix = (jax.random.uniform(choose) < switch_prob) if (mixup_alpha > 0 and cutmix_alpha > 0) \
+    use_cutmix = (
+        (jax.random.uniform(choose) < switch_prob)
+        if (mixup_alpha > 0 and cutmix_alpha > 0)
         else jnp.asarray(cutmix_alpha > 0)
+    )
     lam_mix = jax.random.beta(mix_key, mixup_alpha, mixup_alpha) if mixup_alpha > 0 else jnp.float32(1.0)
     lam_cut = jax.random.beta(cut_key, cutmix_alpha, cutmix_alpha) if cutmix_alpha > 0 else jnp.float32(1.0)
 

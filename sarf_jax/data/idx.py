@@ -28,8 +28,10 @@ def read_idx(path) -> np.ndarray:
     dtype = np.dtype(_DTYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
-        raise ValueError(f"{path}: IDX header says shape {shape} ({expected} bytes of data) but the file "
-                         f"holds {len(data) - header} bytes (truncated or corrupt)")
+        raise ValueError(
+            f"{path}: IDX header says shape {shape} ({expected} bytes of data) but the file "
+            f"holds {len(data) - header} bytes (truncated or corrupt)"
+        )
     return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 

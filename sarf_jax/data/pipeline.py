@@ -86,8 +86,11 @@ class EvalTransform:
 
     def __call__(self, index: int) -> dict:
         if index >= len(self.source):
-            return {"image": np.zeros((self.image_size, self.image_size, self.channels), np.uint8),
-                    "label": np.int32(0), "mask": np.float32(0.0)}
+            return {
+                "image": np.zeros((self.image_size, self.image_size, self.channels), np.uint8),
+                "label": np.int32(0),
+                "mask": np.float32(0.0),
+            }
         example = self.source[index]
         image = augment.resize_center_crop(example["image"], self.image_size, self.crop_pct)
         return {"image": image, "label": np.int32(example["label"]), "mask": np.float32(1.0)}
@@ -103,39 +106,51 @@ def parse_randaugment(spec: str) -> tuple[int, float] | None:
     except ValueError:
         parsed = None
     if parsed is None or parsed[0] < 1 or not 0 <= parsed[1] <= 10:
-        raise ValueError(f"config.data.randaugment must be '' or 'num_ops,magnitude' with num_ops >= 1 and "
-                         f"magnitude in [0, 10], e.g. '2,9'; got {spec!r}")
+        raise ValueError(
+            f"config.data.randaugment must be '' or 'num_ops,magnitude' with num_ops >= 1 and "
+            f"magnitude in [0, 10], e.g. '2,9'; got {spec!r}"
+        )
     return parsed
 
 
 def train_transform(data_config) -> TrainTransform:
     if data_config.train_crop not in TRAIN_CROPS:
         raise ValueError(f"config.data.train_crop must be one of {TRAIN_CROPS}, got {data_config.train_crop!r}")
-    return TrainTransform(data_config.image_size, data_config.train_crop, data_config.pad, data_config.flip,
-                          parse_randaugment(data_config.randaugment))
+    return TrainTransform(
+        data_config.image_size,
+        data_config.train_crop,
+        data_config.pad,
+        data_config.flip,
+        parse_randaugment(data_config.randaugment),
+    )
 
 
 def _read_options(data_config) -> grain.ReadOptions:
     return grain.ReadOptions(num_threads=data_config.num_threads, prefetch_buffer_size=data_config.prefetch)
 
 
-def train_iterator(source, data_config, *, global_batch_size: int, seed: int, process_index: int = 0,
-                   process_count: int = 1) -> grain.DatasetIterator:
+def train_iterator(
+    source, data_config, *, global_batch_size: int, seed: int, process_index: int = 0, process_count: int = 1
+) -> grain.DatasetIterator:
     """Endless iterator of this host's share of each global training batch."""
     if global_batch_size % process_count:
-        raise ValueError(f"config.batch_size={global_batch_size} must be divisible by the number of "
-                         f"processes ({process_count})")
-    dataset = (grain.MapDataset.source(source)
-               .shuffle(seed=seed)
-               .repeat()
-               .random_map(train_transform(data_config), seed=seed))
+        raise ValueError(
+            f"config.batch_size={global_batch_size} must be divisible by the number of processes ({process_count})"
+        )
+    dataset = (
+        grain.MapDataset.source(source).shuffle(seed=seed).repeat().random_map(train_transform(data_config), seed=seed)
+    )
     dataset = HostSlice(dataset, global_batch_size, process_index, process_count)
-    return iter(dataset.batch(global_batch_size // process_count, drop_remainder=True)
-                .to_iter_dataset(_read_options(data_config)))
+    return iter(
+        dataset.batch(global_batch_size // process_count, drop_remainder=True).to_iter_dataset(
+            _read_options(data_config)
+        )
+    )
 
 
-def eval_iterator(source, data_config, *, global_batch_size: int, process_index: int = 0,
-                  process_count: int = 1, channels: int):
+def eval_iterator(
+    source, data_config, *, global_batch_size: int, process_index: int = 0, process_count: int = 1, channels: int
+):
     """One ordered pass over `source`, padded to whole global batches (padding has mask 0)."""
     num_batches = -(-len(source) // global_batch_size)
     transform = EvalTransform(source, data_config.image_size, data_config.eval_crop_pct, channels)

@@ -26,7 +26,7 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-FASHION_MNIST_STATS = ((0.2860,), (0.3530,))   # mean, std of the training images
+FASHION_MNIST_STATS = ((0.2860,), (0.3530,))  # mean, std of the training images
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # as the official Vim/VMamba recipes
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -88,8 +88,10 @@ class ImageFolderSource:
     def __init__(self, root: str, split: str):
         directory = pathlib.Path(root) / split
         if not directory.is_dir():
-            raise ValueError(f"config.data.name='imagefolder:{root}': no directory {directory} "
-                             "(expected <root>/<split>/<class>/<image files>)")
+            raise ValueError(
+                f"config.data.name='imagefolder:{root}': no directory {directory} "
+                "(expected <root>/<split>/<class>/<image files>)"
+            )
         self.classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
         self.files, labels = [], []
         for label, name in enumerate(self.classes):
@@ -122,12 +124,15 @@ def fashion_mnist(split: str, directory: str | None = None):
     if all(found):
         images, labels = (read_idx(path) for path in found)
         if images.ndim != 3 or len(images) != len(labels):
-            raise ValueError(f"fashion_mnist: {found[0]} holds {images.shape}, {found[1]} holds {labels.shape}; "
-                             "expected (N, 28, 28) images and N labels")
+            raise ValueError(
+                f"fashion_mnist: {found[0]} holds {images.shape}, {found[1]} holds {labels.shape}; "
+                "expected (N, 28, 28) images and N labels"
+            )
         return ArraySource(images[..., None], labels.astype(np.int32), 10, *FASHION_MNIST_STATS)
     if directory:  # an explicit directory that lacks the files is an error, not a reason to try TFDS
-        raise ValueError(f"config.data.dir={directory!r} has no {' / '.join(FASHION_MNIST_FILES[split])} "
-                         "IDX files (plain or .gz)")
+        raise ValueError(
+            f"config.data.dir={directory!r} has no {' / '.join(FASHION_MNIST_FILES[split])} IDX files (plain or .gz)"
+        )
     try:
         source = TfdsSource("fashion_mnist", split, None)
     except ValueError as error:
@@ -161,12 +166,19 @@ def make_source(data_config, split: str):
         return fashion_mnist(split, data_config.get("dir") or None)
     if name == "synthetic":
         spec = data_config.synthetic
-        return synthetic(split, size=spec.size if split == "train" else max(1, spec.size // 4),
-                         image_size=data_config.image_size, channels=spec.channels,
-                         num_classes=spec.num_classes, seed=spec.seed)
+        return synthetic(
+            split,
+            size=spec.size if split == "train" else max(1, spec.size // 4),
+            image_size=data_config.image_size,
+            channels=spec.channels,
+            num_classes=spec.num_classes,
+            seed=spec.seed,
+        )
     if name.startswith("tfds:") and len(name) > 5:
         return TfdsSource(name[5:], split, data_config.get("dir") or None)
     if name.startswith("imagefolder:") and len(name) > 12:
         return ImageFolderSource(name[12:], split)
-    raise ValueError(f"config.data.name={name!r} is not a data source; valid: 'fashion_mnist', 'synthetic', "
-                     "'tfds:<name>', 'imagefolder:<path>'")
+    raise ValueError(
+        f"config.data.name={name!r} is not a data source; valid: 'fashion_mnist', 'synthetic', "
+        "'tfds:<name>', 'imagefolder:<path>'"
+    )

@@ -19,16 +19,21 @@ def write_reports(workdir) -> list[pathlib.Path]:
         writer = csv.DictWriter(file, COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(entries)
-    lines = [f"Device {meta.get('device', '?')}, batch {meta.get('batch_size', '?')}, "
-             f"{meta.get('img_size', '?')} px{'' if results.get('complete') else ' (INCOMPLETE)'}; accuracy on "
-             f"{meta.get('devices', '?')} device(s) in {meta.get('processes', '?')} process(es), images/s on "
-             f"{meta.get('images_per_s_devices', '?')}", "",
-             "| weights | reduction | top-1 | top-5 | Δ top-1 | GFLOPs | images/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Device {meta.get('device', '?')}, batch {meta.get('batch_size', '?')}, "
+        f"{meta.get('img_size', '?')} px{'' if results.get('complete') else ' (INCOMPLETE)'}; accuracy on "
+        f"{meta.get('devices', '?')} device(s) in {meta.get('processes', '?')} process(es), images/s on "
+        f"{meta.get('images_per_s_devices', '?')}",
+        "",
+        "| weights | reduction | top-1 | top-5 | Δ top-1 | GFLOPs | images/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for e in entries:
         drop = "" if e.get("top1_drop") is None else f"{0.0 - 100 * e['top1_drop']:+.2f}"
-        lines.append(f"| {e['weights']} | {e['reduction']} | {100 * e['top1']:.2f} | {100 * e['top5']:.2f} | "
-                     f"{drop} | {e['gflops']:.4f} | {e['images_per_s']:.0f} |")
+        lines.append(
+            f"| {e['weights']} | {e['reduction']} | {100 * e['top1']:.2f} | {100 * e['top5']:.2f} | "
+            f"{drop} | {e['gflops']:.4f} | {e['images_per_s']:.0f} |"
+        )
     md_path.write_text("\n".join(lines) + "\n")
     _plot(entries, png_path)
     return [csv_path, md_path, png_path]
@@ -49,8 +54,13 @@ def _plot(entries, path) -> None:
         for e in mine:
             if e["method"] == "none":
                 axes.scatter([e["gflops"]], [100 * e["top1"]], marker="*", s=160, color="black", zorder=5)
-                axes.annotate(f"dense ({weights})", (e["gflops"], 100 * e["top1"]), textcoords="offset points",
-                              xytext=(-10, 6), ha="right")
+                axes.annotate(
+                    f"dense ({weights})",
+                    (e["gflops"], 100 * e["top1"]),
+                    textcoords="offset points",
+                    xytext=(-10, 6),
+                    ha="right",
+                )
     axes.set_xlabel("GFLOPs per image")
     axes.set_ylabel("top-1 accuracy (%)")
     axes.grid(alpha=0.3)

@@ -33,10 +33,12 @@ def batch_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict:
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]  # ties: the lower class first, as argmax
     hits = top5 == labels[:, None]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return {"correct": jnp.sum(hits[:, 0] & valid, dtype=jnp.int32),
-            "correct_top5": jnp.sum(hits.any(axis=-1) & valid, dtype=jnp.int32),
-            "loss": jnp.sum(jnp.where(valid, loss, 0.0)),
-            "count": jnp.sum(valid, dtype=jnp.int32)}
+    return {
+        "correct": jnp.sum(hits[:, 0] & valid, dtype=jnp.int32),
+        "correct_top5": jnp.sum(hits.any(axis=-1) & valid, dtype=jnp.int32),
+        "loss": jnp.sum(jnp.where(valid, loss, 0.0)),
+        "count": jnp.sum(valid, dtype=jnp.int32),
+    }
 
 
 def _eval_sums(graphdef, spec, preprocess, states, batch) -> dict:
@@ -50,8 +52,12 @@ def scores(totals: dict) -> dict:
     count = int(totals["count"])
     if count == 0:
         raise ValueError("evaluation: the split produced no examples")
-    return {"top1": int(totals["correct"]) / count, "top5": int(totals["correct_top5"]) / count,
-            "loss": float(totals["loss"]) / count, "examples": count}
+    return {
+        "top1": int(totals["correct"]) / count,
+        "top5": int(totals["correct_top5"]) / count,
+        "loss": float(totals["loss"]) / count,
+        "examples": count,
+    }
 
 
 def batch_multiple(mesh) -> int:
@@ -64,9 +70,11 @@ def check_batch_size(mesh, global_batch_size: int, name: str = "batch_size") -> 
     """A clear error (naming `name`) for a global batch that the mesh and processes cannot split."""
     multiple = batch_multiple(mesh)
     if global_batch_size < 1 or global_batch_size % multiple:
-        raise ValueError(f"{name}={global_batch_size} must be a positive multiple of {multiple} (the "
-                         f"data-parallel size mesh.data x mesh.fsdp = {parallel.data_parallel_size(mesh)}, "
-                         f"and the number of processes, {jax.process_count()})")
+        raise ValueError(
+            f"{name}={global_batch_size} must be a positive multiple of {multiple} (the "
+            f"data-parallel size mesh.data x mesh.fsdp = {parallel.data_parallel_size(mesh)}, "
+            f"and the number of processes, {jax.process_count()})"
+        )
 
 
 def global_batch(batch: dict, sharding) -> dict:

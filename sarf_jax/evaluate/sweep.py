@@ -90,13 +90,31 @@ def _from_process_0(flags: list[bool]) -> list[bool]:
 def sweep_meta(mesh, *, batch_size: int, img_size: int) -> dict:
     """What ran where: accuracy on the whole mesh, images/s on one device of process 0."""
     device = jax.local_devices()[0]
-    return {"device": f"{device.platform}:{device.device_kind}", "batch_size": batch_size, "img_size": img_size,
-            "mesh": dict(mesh.shape), "devices": mesh.size, "processes": jax.process_count(),
-            "images_per_s_devices": 1}
+    return {
+        "device": f"{device.platform}:{device.device_kind}",
+        "batch_size": batch_size,
+        "img_size": img_size,
+        "mesh": dict(mesh.shape),
+        "devices": mesh.size,
+        "processes": jax.process_count(),
+        "images_per_s_devices": 1,
+    }
 
 
-def run_sweep(models_by_weights: dict, specs, batches_fn, *, workdir, img_size: int, in_chans: int,
-              batch_size: int, mesh=None, preprocess=None, log=print, progress: bool = False) -> SweepResults:
+def run_sweep(
+    models_by_weights: dict,
+    specs,
+    batches_fn,
+    *,
+    workdir,
+    img_size: int,
+    in_chans: int,
+    batch_size: int,
+    mesh=None,
+    preprocess=None,
+    log=print,
+    progress: bool = False,
+) -> SweepResults:
     """Evaluate every (weights, spec); skip entries already in workdir/results.json.
 
     models_by_weights: {"raw": model, "ema": model}, weights of one model, the same on every process; batches_fn() -> a
@@ -109,8 +127,10 @@ def run_sweep(models_by_weights: dict, specs, batches_fn, *, workdir, img_size: 
     structure = nnx.graphdef(next(iter(models_by_weights.values())))
     for weights, model in models_by_weights.items():
         if nnx.graphdef(model) != structure:
-            raise ValueError(f"run_sweep: models_by_weights[{weights!r}] is not the same model as the "
-                             "others (a sweep evaluates several weights of one model)")
+            raise ValueError(
+                f"run_sweep: models_by_weights[{weights!r}] is not the same model as the "
+                "others (a sweep evaluates several weights of one model)"
+            )
         for spec in specs:
             model.reduction_sites(spec)  # a bad schedule fails here, before any evaluation
     mesh = parallel.make_mesh({"data": -1}) if mesh is None else mesh
@@ -133,11 +153,17 @@ def run_sweep(models_by_weights: dict, specs, batches_fn, *, workdir, img_size: 
         bar.set_description(f"{weights} {label}")
         start = time.perf_counter()
         scores = evaluator(placed[weights][1], batches_fn(), spec)
-        speed = (images_per_second(model, spec, batch_size=batch_size, img_size=img_size, in_chans=in_chans)
-                 if writer else None)
+        speed = (
+            images_per_second(model, spec, batch_size=batch_size, img_size=img_size, in_chans=in_chans)
+            if writer
+            else None
+        )
         entry = {
-            "weights": weights, "reduction": label, "method": "none" if spec is None else spec.method,
-            **scores, "gflops": model_gflops(model, img_size, in_chans=in_chans, reduction=spec),
+            "weights": weights,
+            "reduction": label,
+            "method": "none" if spec is None else spec.method,
+            **scores,
+            "gflops": model_gflops(model, img_size, in_chans=in_chans, reduction=spec),
             "images_per_s": speed,
         }
         results.add(entry, complete=False)
@@ -145,7 +171,8 @@ def run_sweep(models_by_weights: dict, specs, batches_fn, *, workdir, img_size: 
             (bar.write if progress else log)(
                 f"[{done + index + 1}/{len(pairs)}] {weights} {label}: top1 {entry['top1']:.4f} "
                 f"top5 {entry['top5']:.4f} {entry['gflops']:.4f} GFLOPs {speed:.0f} img/s "
-                f"({time.perf_counter() - start:.0f} s)")
+                f"({time.perf_counter() - start:.0f} s)"
+            )
         bar.update(1)
     bar.close()
     for entry in results.entries:  # drop vs the dense model of the same weights

@@ -15,5 +15,14 @@ from sarf_jax.export.artifact import NORMALIZED, PIXELS, ServingModel, load, sav
 from sarf_jax.export.directory import export_directory
 from sarf_jax.export.serving import PLATFORMS, export_model, serving_function
 
-__all__ = ["NORMALIZED", "PIXELS", "PLATFORMS", "ServingModel", "export_directory", "export_model", "load", "save",
-           "serving_function"]
+__all__ = [
+    "NORMALIZED",
+    "PIXELS",
+    "PLATFORMS",
+    "ServingModel",
+    "export_directory",
+    "export_model",
+    "load",
+    "save",
+    "serving_function",
+]

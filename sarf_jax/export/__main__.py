@@ -25,12 +25,19 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training workdir (train.py) or model directory (sarf_jax.convert).")
     flags.DEFINE_string("out", None, "Artifact file to write (replaced atomically); its metadata goes to OUT.json.")
-    flags.DEFINE_string("reduction", "none", "Reduction built into the artifact: "
-                        "METHOD[:SCHEDULE][:window=W][:merge=M], e.g. sarf_tome:keep=0.6.")
+    flags.DEFINE_string(
+        "reduction",
+        "none",
+        "Reduction built into the artifact: METHOD[:SCHEDULE][:window=W][:merge=M], e.g. sarf_tome:keep=0.6.",
+    )
     flags.DEFINE_string("batch", DYNAMIC, f"Batch size: a positive integer, or '{DYNAMIC}' (symbolic: any size).")
     flags.DEFINE_enum("weights", "params", ["params", "ema"], "Which weights of a training workdir to export.")
-    flags.DEFINE_list("mean", None, "Per-channel mean in [0, 1] units to normalise with (default: the "
-                      "training run's, from DIR/config.json's data source).")
+    flags.DEFINE_list(
+        "mean",
+        None,
+        "Per-channel mean in [0, 1] units to normalise with (default: the "
+        "training run's, from DIR/config.json's data source).",
+    )
     flags.DEFINE_list("std", None, "Per-channel std in [0, 1] units (goes with --mean).")
     flags.DEFINE_bool("raw_input", False, "Export the model's raw (already normalised) input: no normalisation.")
     flags.mark_flags_as_required(["workdir", "out"])
@@ -59,15 +66,27 @@ def parse_floats(name: str, values: list[str] | None) -> list[float] | None:
 
 
 def main(argv) -> int:
-    metadata = export_directory(FLAGS.workdir, FLAGS.out, reduction=FLAGS.reduction, batch=parse_batch(FLAGS.batch),
-                                weights=FLAGS.weights, mean=parse_floats("mean", FLAGS.mean),
-                                std=parse_floats("std", FLAGS.std), raw_input=FLAGS.raw_input)
-    takes = ("[0, 255] pixels, normalised inside with mean {mean} and std {std}".format(**metadata)
-             if metadata["mean"] else "the model's raw input, already normalised")
+    metadata = export_directory(
+        FLAGS.workdir,
+        FLAGS.out,
+        reduction=FLAGS.reduction,
+        batch=parse_batch(FLAGS.batch),
+        weights=FLAGS.weights,
+        mean=parse_floats("mean", FLAGS.mean),
+        std=parse_floats("std", FLAGS.std),
+        raw_input=FLAGS.raw_input,
+    )
+    takes = (
+        "[0, 255] pixels, normalised inside with mean {mean} and std {std}".format(**metadata)
+        if metadata["mean"]
+        else "the model's raw input, already normalised"
+    )
     size = metadata["img_size"]
-    print(f"wrote {FLAGS.out} and {FLAGS.out}.json: {metadata['model']} under {metadata['reduction']} for "
-          f"{', '.join(metadata['platforms'])}; input {metadata['batch'] or 'b'}x{size}x{size}x{metadata['in_chans']} "
-          f"float32: {takes}")
+    print(
+        f"wrote {FLAGS.out} and {FLAGS.out}.json: {metadata['model']} under {metadata['reduction']} for "
+        f"{', '.join(metadata['platforms'])}; input {metadata['batch'] or 'b'}x{size}x{size}x{metadata['in_chans']} "
+        f"float32: {takes}"
+    )
     return 0
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import export as jax_export
 
-PIXELS = "pixels"          # float32 (or uint8) in [0, 255], normalised inside the artifact
+PIXELS = "pixels"  # float32 (or uint8) in [0, 255], normalised inside the artifact
 NORMALIZED = "normalized"  # float32, already normalised as the model was trained
 
 
@@ -90,11 +90,15 @@ class ServingModel:
         meta = self.metadata
         size, channels = meta["img_size"], meta["in_chans"]
         if images.ndim != 4 or images.shape[1:] != (size, size, channels) or meta["batch"] not in (None, len(images)):
-            raise ValueError(f"images must have shape ({meta['batch'] or 'batch'}, {size}, {size}, {channels}) "
-                             f"(NHWC), got {images.shape}")
+            raise ValueError(
+                f"images must have shape ({meta['batch'] or 'batch'}, {size}, {size}, {channels}) "
+                f"(NHWC), got {images.shape}"
+            )
         if not jnp.issubdtype(images.dtype, jnp.floating) and meta["input"] != PIXELS:
-            raise ValueError(f"images: this artifact takes normalised float images, got {images.dtype} "
-                             "(it was exported without normalisation)")
+            raise ValueError(
+                f"images: this artifact takes normalised float images, got {images.dtype} "
+                "(it was exported without normalisation)"
+            )
         return self._call(images.astype(jnp.float32))
 
 

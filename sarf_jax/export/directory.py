@@ -25,8 +25,17 @@ SCAN_FAMILIES = ("vim", "vmamba", "plainmamba")  # the backbones with selective 
 PORTABLE_SCAN = "chunked"
 
 
-def export_directory(directory, out, *, reduction: str = "none", batch: int | None = None,
-                     weights: str = "params", mean=None, std=None, raw_input: bool = False) -> dict:
+def export_directory(
+    directory,
+    out,
+    *,
+    reduction: str = "none",
+    batch: int | None = None,
+    weights: str = "params",
+    mean=None,
+    std=None,
+    raw_input: bool = False,
+) -> dict:
     """Export the model in `directory` to `out` and out.json; returns the metadata written.
 
     reduction: spec text (sarf_jax.reduction.parse_spec), checked against the model first.
@@ -41,27 +50,39 @@ def export_directory(directory, out, *, reduction: str = "none", batch: int | No
     artifact.check_destination(out)
     directory = pathlib.Path(directory)
     if not (directory / MODEL_FILE).is_file():
-        raise ValueError(f"{directory} has no {MODEL_FILE}: not a training workdir (train.py) or a model "
-                         "directory (sarf_jax.convert, save_pretrained)")
+        raise ValueError(
+            f"{directory} has no {MODEL_FILE}: not a training workdir (train.py) or a model "
+            "directory (sarf_jax.convert, save_pretrained)"
+        )
     if weights == "ema" and (directory / STATE_DIR).is_dir():
-        raise ValueError(f"weights='ema': {directory} is a model directory with one set of weights "
-                         "(sarf_jax.convert --ema picks the EMA weights when converting)")
+        raise ValueError(
+            f"weights='ema': {directory} is a model directory with one set of weights "
+            "(sarf_jax.convert --ema picks the EMA weights when converting)"
+        )
     info = json.loads((directory / MODEL_FILE).read_text())
     spec = checked_reduction(info, reduction)
-    normalization = stats.input_stats(directory, mean=mean, std=std, raw_input=raw_input,
-                                      in_chans=info["in_chans"])
+    normalization = stats.input_stats(directory, mean=mean, std=std, raw_input=raw_input, in_chans=info["in_chans"])
     mean, std = normalization or (None, None)
     model, info = load_pretrained(directory, weights=weights, with_info=True, **_portable_scan(info))
-    exported = serving.export_model(model, img_size=info["img_size"], in_chans=info["in_chans"],
-                                    reduction=spec, batch=batch, mean=mean, std=std)
+    exported = serving.export_model(
+        model, img_size=info["img_size"], in_chans=info["in_chans"], reduction=spec, batch=batch, mean=mean, std=std
+    )
     metadata = {
-        "model": info["name"], "num_classes": info["num_classes"], "img_size": info["img_size"],
-        "in_chans": info["in_chans"], "overrides": info["overrides"], "reduction": reduction_lib.spec_label(spec),
-        "weights": weights, "batch": batch,
+        "model": info["name"],
+        "num_classes": info["num_classes"],
+        "img_size": info["img_size"],
+        "in_chans": info["in_chans"],
+        "overrides": info["overrides"],
+        "reduction": reduction_lib.spec_label(spec),
+        "weights": weights,
+        "batch": batch,
         "input": artifact.PIXELS if normalization else artifact.NORMALIZED,
-        "mean": None if mean is None else list(mean), "std": None if std is None else list(std),
-        "platforms": list(exported.platforms), "scan_impl": _portable_scan(info).get("scan_impl"),
-        "source": str(directory.absolute()), "jax_version": jax.__version__,
+        "mean": None if mean is None else list(mean),
+        "std": None if std is None else list(std),
+        "platforms": list(exported.platforms),
+        "scan_impl": _portable_scan(info).get("scan_impl"),
+        "source": str(directory.absolute()),
+        "jax_version": jax.__version__,
     }
     return artifact.save(out, exported, metadata)
 
@@ -70,9 +91,16 @@ def checked_reduction(info: dict, text: str):
     """The parsed spec, once the model that model.json describes has accepted it (its reduction
     sites); on a shape-only model, so that a bad spec fails before any weights are read."""
     spec = reduction_lib.parse_spec(text)
-    abstract = nnx.eval_shape(lambda: models.create(
-        info["name"], num_classes=info["num_classes"], img_size=info["img_size"], in_chans=info["in_chans"],
-        rngs=nnx.Rngs(0), **info["overrides"]))
+    abstract = nnx.eval_shape(
+        lambda: models.create(
+            info["name"],
+            num_classes=info["num_classes"],
+            img_size=info["img_size"],
+            in_chans=info["in_chans"],
+            rngs=nnx.Rngs(0),
+            **info["overrides"],
+        )
+    )
     abstract.reduction_sites(spec)  # raises when the spec does not fit the model's depths and grids
     return spec
 

@@ -37,8 +37,17 @@ def serving_function(model: nnx.Module, *, reduction=None, mean=None, std=None):
     return serve
 
 
-def export_model(model: nnx.Module, *, img_size: int, in_chans: int, reduction=None, batch: int | None = None,
-                 mean=None, std=None, platforms=PLATFORMS) -> jax_export.Exported:
+def export_model(
+    model: nnx.Module,
+    *,
+    img_size: int,
+    in_chans: int,
+    reduction=None,
+    batch: int | None = None,
+    mean=None,
+    std=None,
+    platforms=PLATFORMS,
+) -> jax_export.Exported:
     """`jax.export` of `serving_function(model, ...)` for `input_spec(batch, img_size, in_chans)`."""
     serve = serving_function(model, reduction=reduction, mean=mean, std=std)
     return jax_export.export(jax.jit(serve), platforms=platforms)(input_spec(batch, img_size, in_chans))

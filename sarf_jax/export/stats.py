@@ -26,8 +26,10 @@ def training_stats(directory) -> tuple[tuple[float, ...], tuple[float, ...]] | N
     try:
         source = make_source(data, data.get("train_split", "train"))
     except ValueError as error:
-        raise ValueError(f"cannot open the training data named in {config_file} to read its mean/std "
-                         f"({error}); give them (--mean, --std) or export the raw input (--raw_input)") from None
+        raise ValueError(
+            f"cannot open the training data named in {config_file} to read its mean/std "
+            f"({error}); give them (--mean, --std) or export the raw input (--raw_input)"
+        ) from None
     return tuple(map(float, source.mean)), tuple(map(float, source.std))
 
 

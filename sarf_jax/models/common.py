@@ -21,8 +21,9 @@ def check_images(owner: str, images: jax.Array, img_size: int, in_chans: int) ->
     """Models take NHWC batches of exactly the size they were built for."""
     expected = (img_size, img_size, in_chans)
     if images.ndim != 4 or images.shape[1:] != expected:
-        raise ValueError(f"{owner}: images must have shape (batch, {img_size}, {img_size}, {in_chans}) "
-                         f"(NHWC), got {images.shape}")
+        raise ValueError(
+            f"{owner}: images must have shape (batch, {img_size}, {img_size}, {in_chans}) (NHWC), got {images.shape}"
+        )
 
 
 def default_feature_layers(depth: int, count: int = 4) -> tuple[int, ...]:
@@ -38,6 +39,7 @@ def check_feature_layers(owner: str, feature_layers, depth: int) -> tuple[int, .
     layers = tuple(feature_layers)
     valid = all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < depth for i in layers)
     if not layers or not valid or any(a >= b for a, b in zip(layers, layers[1:])):
-        raise ValueError(f"{owner}: feature_layers must be increasing block indices in [0, {depth}), "
-                         f"got {feature_layers!r}")
+        raise ValueError(
+            f"{owner}: feature_layers must be increasing block indices in [0, {depth}), got {feature_layers!r}"
+        )
     return layers

@@ -53,27 +53,45 @@ OFFICIAL_STEM_CHANNELS = 64
 
 def _conv(in_features, out_features, kernel, *, stride=1, padding=0, bias=False, dtype, rngs):
     fan_in = in_features * kernel * kernel
-    return nnx.Conv(in_features, out_features, (kernel, kernel), strides=(stride, stride),
-                    padding=((padding, padding), (padding, padding)), use_bias=bias, dtype=dtype,
-                    param_dtype=jnp.float32, kernel_init=torch_default(fan_in),
-                    bias_init=torch_default(fan_in), rngs=rngs)
+    return nnx.Conv(
+        in_features,
+        out_features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        use_bias=bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=torch_default(fan_in),
+        bias_init=torch_default(fan_in),
+        rngs=rngs,
+    )
 
 
 def _batch_norm(features, *, dtype, rngs):
     """torch's BatchNorm2d: eps 1e-5, running averages with momentum 0.1, exact variance."""
-    return nnx.BatchNorm(features, epsilon=1e-5, momentum=0.9, use_fast_variance=False, dtype=dtype,
-                         param_dtype=jnp.float32, rngs=rngs)
+    return nnx.BatchNorm(
+        features, epsilon=1e-5, momentum=0.9, use_fast_variance=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+    )
 
 
 def _layer_norm(features, epsilon, *, dtype, rngs, affine=True):
-    return nnx.LayerNorm(features, epsilon=epsilon, use_fast_variance=False, use_scale=affine, use_bias=affine,
-                         dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    return nnx.LayerNorm(
+        features,
+        epsilon=epsilon,
+        use_fast_variance=False,
+        use_scale=affine,
+        use_bias=affine,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
 
 
 def _conv_bn_act(sequence: nnx.List, x: jax.Array, *, train: bool) -> jax.Array:
     """Apply [conv, BatchNorm, activation] * n kept in one list (official nn.Sequential indices)."""
     for i in range(0, len(sequence), 3):
-        conv, norm, activation = sequence[i:i + 3]
+        conv, norm, activation = sequence[i : i + 3]
         x = activation(norm(conv(x), use_running_average=not train))
     return x
 
@@ -85,15 +103,31 @@ def _gelu(x):
 class ConvPatchEmbed(nnx.Module):
     """Convolutional stem: (B, H, W, in_chans) -> (B, H / patch, W / patch, embed_dim)."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, num_convs: int,
-                 stem_channels: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_chans: int,
+        embed_dim: int,
+        patch_size: int,
+        num_convs: int,
+        stem_channels: int,
+        *,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
         conv = lambda i, o, k, **kw: _conv(i, o, k, dtype=dtype, rngs=rngs, **kw)
         bn = lambda c: _batch_norm(c, dtype=dtype, rngs=rngs)
-        self.stem = nnx.List([conv(in_chans, stem_channels, 7, stride=2, padding=3), bn(stem_channels),
-                              jax.nn.relu])
-        self.convs = nnx.List([layer for _ in range(num_convs)
-                               for layer in (conv(stem_channels, stem_channels, 3, padding=1),
-                                             bn(stem_channels), jax.nn.relu)]) if num_convs else None
+        self.stem = nnx.List([conv(in_chans, stem_channels, 7, stride=2, padding=3), bn(stem_channels), jax.nn.relu])
+        self.convs = (
+            nnx.List(
+                [
+                    layer
+                    for _ in range(num_convs)
+                    for layer in (conv(stem_channels, stem_channels, 3, padding=1), bn(stem_channels), jax.nn.relu)
+                ]
+            )
+            if num_convs
+            else None
+        )
         self.projection = conv(stem_channels, embed_dim, patch_size // 2, stride=patch_size // 2, bias=True)
 
     def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
@@ -106,16 +140,34 @@ class ConvPatchEmbed(nnx.Module):
 class PlainMambaLayer(nnx.Module):
     """x + drop_path(mixer(norm(x))), then GELU(BN(dwconv3x3(.))) when with_dwconv."""
 
-    def __init__(self, dim: int, *, with_dwconv: bool, drop_path: float, use_rms_norm: bool,
-                 mamba_kwargs: dict, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        with_dwconv: bool,
+        drop_path: float,
+        use_rms_norm: bool,
+        mamba_kwargs: dict,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
         if use_rms_norm:  # mamba_ssm's RMSNorm: eps 1e-5, weight only
             self.norm = nnx.RMSNorm(dim, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
         else:
             self.norm = _layer_norm(dim, 1e-5, dtype=dtype, rngs=rngs)
         self.mamba = PlainMamba2D(dim, dtype=dtype, rngs=rngs, **mamba_kwargs)
         self.drop_path = DropPath(drop_path, rngs=rngs)
-        self.dw = nnx.List([DepthwiseConv2d(dim, 3, use_bias=False, dtype=dtype, rngs=rngs),
-                            _batch_norm(dim, dtype=dtype, rngs=rngs), _gelu]) if with_dwconv else None
+        self.dw = (
+            nnx.List(
+                [
+                    DepthwiseConv2d(dim, 3, use_bias=False, dtype=dtype, rngs=rngs),
+                    _batch_norm(dim, dtype=dtype, rngs=rngs),
+                    _gelu,
+                ]
+            )
+            if with_dwconv
+            else None
+        )
 
     def __call__(self, x: jax.Array, *, train: bool = False, reduce=None, mix=None) -> jax.Array:
         """`reduce(x, y)` shrinks the layer input and the mixer output with one plan before they
@@ -135,8 +187,15 @@ class LinearClsHead(nnx.Module):
     """mmcls's LinearClsHead: one Linear named `fc`."""
 
     def __init__(self, dim: int, num_classes: int, *, dtype, rngs: nnx.Rngs):
-        self.fc = nnx.Linear(dim, num_classes, dtype=dtype, param_dtype=jnp.float32,
-                             kernel_init=torch_default(dim), bias_init=torch_default(dim), rngs=rngs)
+        self.fc = nnx.Linear(
+            dim,
+            num_classes,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=torch_default(dim),
+            bias_init=torch_default(dim),
+            rngs=rngs,
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.fc(x)
@@ -207,22 +266,34 @@ class PlainMamba(nnx.Module):
         out_norms: bool = False,
         rngs: nnx.Rngs,
     ):
-        check_positive_ints("PlainMamba", num_classes=num_classes, img_size=img_size, in_chans=in_chans,
-                            patch_size=patch_size, embed_dim=embed_dim, depth=depth, stem_channels=stem_channels)
-        if isinstance(num_convs_patch_embed, bool) or not isinstance(num_convs_patch_embed, int) \
-                or num_convs_patch_embed < 0:
+        check_positive_ints(
+            "PlainMamba",
+            num_classes=num_classes,
+            img_size=img_size,
+            in_chans=in_chans,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            stem_channels=stem_channels,
+        )
+        if (
+            isinstance(num_convs_patch_embed, bool)
+            or not isinstance(num_convs_patch_embed, int)
+            or num_convs_patch_embed < 0
+        ):
             raise ValueError(f"PlainMamba: num_convs_patch_embed must be an int >= 0, got {num_convs_patch_embed!r}")
         if patch_size % 2:
-            raise ValueError(f"PlainMamba: patch_size must be even (stem stride 2 x projection "
-                             f"stride patch_size / 2), got {patch_size}")
+            raise ValueError(
+                f"PlainMamba: patch_size must be even (stem stride 2 x projection "
+                f"stride patch_size / 2), got {patch_size}"
+            )
         if img_size % patch_size:
-            raise ValueError(f"PlainMamba: img_size must be a multiple of patch_size={patch_size}, "
-                             f"got {img_size}")
+            raise ValueError(f"PlainMamba: img_size must be a multiple of patch_size={patch_size}, got {img_size}")
         layers_with_dwconv = tuple(layers_with_dwconv)
-        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth
-               for i in layers_with_dwconv):
-            raise ValueError(f"PlainMamba: layers_with_dwconv must hold layer indices in [0, {depth}), "
-                             f"got {layers_with_dwconv}")
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth for i in layers_with_dwconv):
+            raise ValueError(
+                f"PlainMamba: layers_with_dwconv must hold layer indices in [0, {depth}), got {layers_with_dwconv}"
+            )
         check_rate("PlainMamba", "drop_rate", drop_rate)
         check_rate("PlainMamba", "drop_path_rate", drop_path_rate)
         self.feature_layers = check_feature_layers("PlainMamba", feature_layers, depth)
@@ -232,26 +303,59 @@ class PlainMamba(nnx.Module):
         self.num_classes, self.in_chans, self.patch_size = num_classes, in_chans, patch_size
         self.grid = (img_size // patch_size, img_size // patch_size)  # of the position embedding
         self.embed_dim = embed_dim
-        self.patch_embed = ConvPatchEmbed(in_chans, embed_dim, patch_size, num_convs_patch_embed,
-                                          stem_channels, dtype=dtype, rngs=rngs)
-        self.pos_embed = nnx.Param(0.02 * jax.random.truncated_normal(
-            rngs.params(), -2.0 / 0.02, 2.0 / 0.02, (1, self.grid[0] * self.grid[1], embed_dim))
-        ) if with_pos_embed else None
+        self.patch_embed = ConvPatchEmbed(
+            in_chans, embed_dim, patch_size, num_convs_patch_embed, stem_channels, dtype=dtype, rngs=rngs
+        )
+        self.pos_embed = (
+            nnx.Param(
+                0.02
+                * jax.random.truncated_normal(
+                    rngs.params(), -2.0 / 0.02, 2.0 / 0.02, (1, self.grid[0] * self.grid[1], embed_dim)
+                )
+            )
+            if with_pos_embed
+            else None
+        )
         self.drop_after_pos = nnx.Dropout(drop_rate, rngs=rngs if drop_rate > 0 else None)
-        mamba_kwargs = dict(d_state=d_state, expand=expand, dt_rank=dt_rank, dt_min=dt_min, dt_max=dt_max,
-                            dt_init=dt_init, dt_scale=dt_scale, dt_init_floor=dt_init_floor,
-                            conv_size=conv_size, conv_bias=conv_bias, bias=bias,
-                            init_layer_scale=init_layer_scale, scan_impl=scan_impl, chunk_size=chunk_size)
+        mamba_kwargs = dict(
+            d_state=d_state,
+            expand=expand,
+            dt_rank=dt_rank,
+            dt_min=dt_min,
+            dt_max=dt_max,
+            dt_init=dt_init,
+            dt_scale=dt_scale,
+            dt_init_floor=dt_init_floor,
+            conv_size=conv_size,
+            conv_bias=conv_bias,
+            bias=bias,
+            init_layer_scale=init_layer_scale,
+            scan_impl=scan_impl,
+            chunk_size=chunk_size,
+        )
         rates = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
-        self.layers = nnx.List([
-            PlainMambaLayer(embed_dim, with_dwconv=i in layers_with_dwconv, drop_path=rates[i],
-                            use_rms_norm=use_rms_norm, mamba_kwargs=mamba_kwargs, dtype=dtype, rngs=rngs)
-            for i in range(depth)
-        ])
+        self.layers = nnx.List(
+            [
+                PlainMambaLayer(
+                    embed_dim,
+                    with_dwconv=i in layers_with_dwconv,
+                    drop_path=rates[i],
+                    use_rms_norm=use_rms_norm,
+                    mamba_kwargs=mamba_kwargs,
+                    dtype=dtype,
+                    rngs=rngs,
+                )
+                for i in range(depth)
+            ]
+        )
         self.ln1 = _layer_norm(embed_dim, final_norm_eps, dtype=dtype, rngs=rngs) if final_norm else None
         self.head = LinearClsHead(embed_dim, num_classes, dtype=dtype, rngs=rngs)
-        self.out_norms = nnx.List([_layer_norm(embed_dim, final_norm_eps, dtype=dtype, rngs=rngs, affine=out_norms)
-                                   for _ in self._intermediate_feature_layers()])
+        self.out_norms = nnx.List(
+            [
+                _layer_norm(embed_dim, final_norm_eps, dtype=dtype, rngs=rngs, affine=out_norms)
+                for _ in self._intermediate_feature_layers()
+            ]
+        )
 
     def _intermediate_feature_layers(self) -> tuple[int, ...]:
         """The feature layers that get an out norm: all but the last layer (which gets `ln1`)."""
@@ -270,11 +374,14 @@ class PlainMamba(nnx.Module):
     def embed(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         """Patch embedding plus (resized) position embedding: (B, H, W, C) -> (B, h, w, D)."""
         if images.ndim != 4 or images.shape[-1] != self.in_chans:
-            raise ValueError(f"PlainMamba: images must have shape (batch, H, W, in_chans={self.in_chans}), "
-                             f"got {images.shape}")
+            raise ValueError(
+                f"PlainMamba: images must have shape (batch, H, W, in_chans={self.in_chans}), got {images.shape}"
+            )
         if images.shape[1] % self.patch_size or images.shape[2] % self.patch_size:
-            raise ValueError(f"PlainMamba: image height and width must be multiples of "
-                             f"patch_size={self.patch_size}, got {images.shape[1:3]}")
+            raise ValueError(
+                f"PlainMamba: image height and width must be multiples of "
+                f"patch_size={self.patch_size}, got {images.shape[1:3]}"
+            )
         x = self.patch_embed(images, train=train)
         if self.pos_embed is not None:
             pos_embed = self.pos_embed[...].reshape(1, *self.grid, self.embed_dim)
@@ -317,8 +424,9 @@ class PlainMamba(nnx.Module):
         """Logits; `reduction` (a reduction.Spec, static under jit) shrinks the grid between layers."""
         return self.head(self.pool(self.run_layers(images, reduction=reduction, train=train))).astype(jnp.float32)
 
-    def features(self, images: jax.Array, *, reduction=None, restore: bool = False,
-                 train: bool = False) -> list[jax.Array]:
+    def features(
+        self, images: jax.Array, *, reduction=None, restore: bool = False, train: bool = False
+    ) -> list[jax.Array]:
         """Maps for dense heads: for every layer of `feature_layers`, (B, h, w, embed_dim).
 
         As the official segmentation backbone (`PlainMambaSeg`): the layer's output, the last
@@ -345,8 +453,16 @@ VARIANTS = {
     "plainmamba_l1": dict(embed_dim=192, depth=24, num_convs_patch_embed=1, layers_with_dwconv=(0,)),
     "plainmamba_l2": dict(embed_dim=384, depth=24, num_convs_patch_embed=2, layers_with_dwconv=()),
     "plainmamba_l3": dict(embed_dim=448, depth=36, num_convs_patch_embed=2, layers_with_dwconv=()),
-    "plainmamba_mini": dict(patch_size=2, embed_dim=48, depth=4, expand=1, d_state=8,
-                            num_convs_patch_embed=0, layers_with_dwconv=(0,), stem_channels=32),
+    "plainmamba_mini": dict(
+        patch_size=2,
+        embed_dim=48,
+        depth=4,
+        expand=1,
+        d_state=8,
+        num_convs_patch_embed=0,
+        layers_with_dwconv=(0,),
+        stem_channels=32,
+    ),
 }
 
 for _name, _kwargs in VARIANTS.items():

@@ -37,9 +37,16 @@ def _lookup(name: str):
     return _VARIANTS[name]
 
 
-def create(name: str, *, num_classes: int | None = None, img_size: int | None = None,
-           in_chans: int | None = None, rngs: nnx.Rngs | None = None, pretrained=None,
-           **overrides) -> nnx.Module:
+def create(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    in_chans: int | None = None,
+    rngs: nnx.Rngs | None = None,
+    pretrained=None,
+    **overrides,
+) -> nnx.Module:
     """Build the registered variant `name` for `img_size` x `img_size` x `in_chans` images.
 
     `overrides` replace entries of the variant's row (e.g. `depth=2`, `drop_path_rate=0.1`).
@@ -53,12 +60,19 @@ def create(name: str, *, num_classes: int | None = None, img_size: int | None = 
     if pretrained is not None:
         from sarf_jax.models.pretrained import create_pretrained  # it imports this module
 
-        return create_pretrained(name, pretrained, num_classes=num_classes, img_size=img_size,
-                                 in_chans=in_chans, rngs=rngs, **overrides)
-    missing = [arg for arg, value in (("num_classes", num_classes), ("img_size", img_size), ("rngs", rngs))
-               if value is None]
+        return create_pretrained(
+            name, pretrained, num_classes=num_classes, img_size=img_size, in_chans=in_chans, rngs=rngs, **overrides
+        )
+    missing = [
+        arg for arg, value in (("num_classes", num_classes), ("img_size", img_size), ("rngs", rngs)) if value is None
+    ]
     if missing:
         raise TypeError(f"create({name!r}): missing keyword arguments {missing} (required without pretrained=)")
     constructor, kwargs = _lookup(name)
-    return constructor(**{**kwargs, **overrides}, num_classes=num_classes, img_size=img_size,
-                       in_chans=3 if in_chans is None else in_chans, rngs=rngs)
+    return constructor(
+        **{**kwargs, **overrides},
+        num_classes=num_classes,
+        img_size=img_size,
+        in_chans=3 if in_chans is None else in_chans,
+        rngs=rngs,
+    )

@@ -35,11 +35,17 @@ from sarf_jax.reduction.restore import restore_taps
 class PatchEmbed(nnx.Module):
     """One strided convolution (Vim `PatchEmbed`, no norm); weights lecun-normal, bias zero."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, stride: int, *, dtype,
-                 rngs: nnx.Rngs):
-        self.proj = nnx.Conv(in_chans, embed_dim, (patch_size, patch_size), strides=(stride, stride),
-                             padding="VALID", dtype=dtype,
-                             kernel_init=jax.nn.initializers.lecun_normal(), rngs=rngs)
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, stride: int, *, dtype, rngs: nnx.Rngs):
+        self.proj = nnx.Conv(
+            in_chans,
+            embed_dim,
+            (patch_size, patch_size),
+            strides=(stride, stride),
+            padding="VALID",
+            dtype=dtype,
+            kernel_init=jax.nn.initializers.lecun_normal(),
+            rngs=rngs,
+        )
 
     def __call__(self, images: jax.Array) -> jax.Array:
         return self.proj(images)
@@ -48,10 +54,8 @@ class PatchEmbed(nnx.Module):
 class VimBlock(nnx.Module):
     """residual += drop_path(hidden); hidden = mixer(RMSNorm(residual)) (Vim `Block`, prenorm)."""
 
-    def __init__(self, dim: int, *, d_state: int, drop_path: float, dtype, scan_impl: str,
-                 rngs: nnx.Rngs):
-        self.mixer = Mamba(dim, d_state=d_state, bidirectional="v2", dtype=dtype,
-                           scan_impl=scan_impl, rngs=rngs)
+    def __init__(self, dim: int, *, d_state: int, drop_path: float, dtype, scan_impl: str, rngs: nnx.Rngs):
+        self.mixer = Mamba(dim, d_state=d_state, bidirectional="v2", dtype=dtype, scan_impl=scan_impl, rngs=rngs)
         self.norm = nnx.RMSNorm(dim, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
         self.drop_path = DropPath(drop_path, rngs=rngs)
 
@@ -70,14 +74,35 @@ class VisionMamba(nnx.Module):
     at the last block; the official segmentation configs use 5, 11, 17, 23 of 24).
     """
 
-    def __init__(self, *, num_classes: int, img_size: int, in_chans: int = 3, patch_size: int = 16,
-                 stride: int | None = None, embed_dim: int = 192, depth: int = 24, d_state: int = 16,
-                 drop_path_rate: float = 0.0, dtype=None, scan_impl: str = "auto",
-                 feature_layers: Sequence[int] | None = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        img_size: int,
+        in_chans: int = 3,
+        patch_size: int = 16,
+        stride: int | None = None,
+        embed_dim: int = 192,
+        depth: int = 24,
+        d_state: int = 16,
+        drop_path_rate: float = 0.0,
+        dtype=None,
+        scan_impl: str = "auto",
+        feature_layers: Sequence[int] | None = None,
+        rngs: nnx.Rngs,
+    ):
         stride = patch_size if stride is None else stride
-        check_positive_ints("VisionMamba", num_classes=num_classes, img_size=img_size,
-                            in_chans=in_chans, patch_size=patch_size, stride=stride,
-                            embed_dim=embed_dim, depth=depth, d_state=d_state)
+        check_positive_ints(
+            "VisionMamba",
+            num_classes=num_classes,
+            img_size=img_size,
+            in_chans=in_chans,
+            patch_size=patch_size,
+            stride=stride,
+            embed_dim=embed_dim,
+            depth=depth,
+            d_state=d_state,
+        )
         if img_size < patch_size or (img_size - patch_size) % stride:
             raise ValueError(
                 f"VisionMamba: img_size - patch_size must be a non-negative multiple of stride; got "
@@ -94,18 +119,20 @@ class VisionMamba(nnx.Module):
         self.cls_token = nnx.Param(trunc(rngs.params(), (1, 1, embed_dim)))
         self.pos_embed = nnx.Param(trunc(rngs.params(), (1, self.num_patches + 1, embed_dim)))
         rates = [0.0, *np.linspace(0.0, drop_path_rate, depth).tolist()]  # official inter_dpr
-        self.layers = nnx.List([
-            VimBlock(embed_dim, d_state=d_state, drop_path=rates[i], dtype=dtype, scan_impl=scan_impl,
-                     rngs=rngs)
-            for i in range(depth)
-        ])
+        self.layers = nnx.List(
+            [
+                VimBlock(embed_dim, d_state=d_state, drop_path=rates[i], dtype=dtype, scan_impl=scan_impl, rngs=rngs)
+                for i in range(depth)
+            ]
+        )
         for layer in self.layers:  # mamba_ssm _init_weights: prenorm residual rescale
             out_proj = layer.mixer.out_proj.kernel
             out_proj[...] = out_proj[...] / math.sqrt(depth)
         self.norm_f = nnx.RMSNorm(embed_dim, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
         self.final_drop_path = DropPath(drop_path_rate, rngs=rngs)
-        self.head = nnx.Linear(embed_dim, num_classes, dtype=dtype, kernel_init=trunc,
-                               bias_init=jax.nn.initializers.zeros, rngs=rngs)
+        self.head = nnx.Linear(
+            embed_dim, num_classes, dtype=dtype, kernel_init=trunc, bias_init=jax.nn.initializers.zeros, rngs=rngs
+        )
 
     @property
     def cls_position(self) -> int:
@@ -175,8 +202,9 @@ class VisionMamba(nnx.Module):
         features = self.norm_f(residual)[:, position]
         return self.head(features.astype(hidden.dtype))
 
-    def features(self, images: jax.Array, *, reduction=None, restore: bool = False,
-                 train: bool = False) -> list[jax.Array]:
+    def features(
+        self, images: jax.Array, *, reduction=None, restore: bool = False, train: bool = False
+    ) -> list[jax.Array]:
         """Maps for dense heads: for every block of `feature_layers`, (B, h, w, embed_dim).
 
         As the official segmentation backbone (`VisionMambaSeg`, features from the hidden states):

@@ -30,8 +30,14 @@ def layer_norm(dim: int, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
 
 def linear(fan_in: int, fan_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
     """timm ViT init: truncated normal(0.02) weights, zero biases."""
-    return nnx.Linear(fan_in, fan_out, dtype=dtype, kernel_init=jax.nn.initializers.truncated_normal(0.02),
-                      bias_init=jax.nn.initializers.zeros, rngs=rngs)
+    return nnx.Linear(
+        fan_in,
+        fan_out,
+        dtype=dtype,
+        kernel_init=jax.nn.initializers.truncated_normal(0.02),
+        bias_init=jax.nn.initializers.zeros,
+        rngs=rngs,
+    )
 
 
 class Attention(nnx.Module):
@@ -49,14 +55,18 @@ class Attention(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, *, dtype,
-                 rngs: nnx.Rngs):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, drop_path: float, *, dtype, rngs: nnx.Rngs):
         self.norm1 = layer_norm(dim, dtype, rngs)
         self.attn = Attention(dim, num_heads, dtype=dtype, rngs=rngs)
         self.norm2 = layer_norm(dim, dtype, rngs)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs,
-                       kernel_init=jax.nn.initializers.truncated_normal(0.02),
-                       bias_init=jax.nn.initializers.zeros)
+        self.mlp = Mlp(
+            dim,
+            int(dim * mlp_ratio),
+            dtype=dtype,
+            rngs=rngs,
+            kernel_init=jax.nn.initializers.truncated_normal(0.02),
+            bias_init=jax.nn.initializers.zeros,
+        )
         self.drop_path = DropPath(drop_path, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool, reduce=None, mix=None) -> jax.Array:
@@ -73,8 +83,15 @@ class Block(nnx.Module):
 
 class PatchEmbed(nnx.Module):
     def __init__(self, in_chans: int, embed_dim: int, patch_size: int, *, dtype, rngs: nnx.Rngs):
-        self.proj = nnx.Conv(in_chans, embed_dim, (patch_size, patch_size), strides=(patch_size, patch_size),
-                             padding="VALID", dtype=dtype, rngs=rngs)
+        self.proj = nnx.Conv(
+            in_chans,
+            embed_dim,
+            (patch_size, patch_size),
+            strides=(patch_size, patch_size),
+            padding="VALID",
+            dtype=dtype,
+            rngs=rngs,
+        )
 
     def __call__(self, images: jax.Array) -> jax.Array:
         return self.proj(images)
@@ -87,13 +104,32 @@ class VisionTransformer(nnx.Module):
     at the last block: 2, 5, 8, 11 of 12).
     """
 
-    def __init__(self, *, num_classes: int, img_size: int, in_chans: int = 3, patch_size: int = 16,
-                 embed_dim: int = 192, depth: int = 12, num_heads: int = 3, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.0, dtype=None, feature_layers: Sequence[int] | None = None,
-                 rngs: nnx.Rngs):
-        check_positive_ints("VisionTransformer", num_classes=num_classes, img_size=img_size,
-                            in_chans=in_chans, patch_size=patch_size, embed_dim=embed_dim,
-                            depth=depth, num_heads=num_heads)
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        img_size: int,
+        in_chans: int = 3,
+        patch_size: int = 16,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+        dtype=None,
+        feature_layers: Sequence[int] | None = None,
+        rngs: nnx.Rngs,
+    ):
+        check_positive_ints(
+            "VisionTransformer",
+            num_classes=num_classes,
+            img_size=img_size,
+            in_chans=in_chans,
+            patch_size=patch_size,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+        )
         if img_size % patch_size:
             raise ValueError(f"VisionTransformer: img_size ({img_size}) must be divisible by patch_size ({patch_size})")
         if embed_dim % num_heads:
@@ -107,8 +143,9 @@ class VisionTransformer(nnx.Module):
         self.cls_token = nnx.Param(trunc(rngs.params(), (1, 1, embed_dim)))
         self.pos_embed = nnx.Param(trunc(rngs.params(), (1, self.grid[0] * self.grid[1] + 1, embed_dim)))
         rates = np.linspace(0.0, drop_path_rate, depth).tolist()
-        self.blocks = nnx.List([Block(embed_dim, num_heads, mlp_ratio, rates[i], dtype=dtype, rngs=rngs)
-                                for i in range(depth)])
+        self.blocks = nnx.List(
+            [Block(embed_dim, num_heads, mlp_ratio, rates[i], dtype=dtype, rngs=rngs) for i in range(depth)]
+        )
         self.norm = layer_norm(embed_dim, dtype, rngs)
         self.head = linear(embed_dim, num_classes, dtype, rngs)
 
@@ -147,8 +184,7 @@ class VisionTransformer(nnx.Module):
             if sites and reducer.method == "quartermap":
                 mix = functools.partial(_quartermap_sequence, hw=sites[index].in_hw)
             elif sites and sites[index].out_hw != sites[index].in_hw:
-                reduce = functools.partial(_reduce_with_class_token, reducer, sites[index], index=index,
-                                           plans=plans)
+                reduce = functools.partial(_reduce_with_class_token, reducer, sites[index], index=index, plans=plans)
             x = block(x, train=train, reduce=reduce, mix=mix)
             if taps is not None and index in self.feature_layers:
                 taps[index] = (x, sites[index].out_hw if sites else self.grid)
@@ -159,8 +195,9 @@ class VisionTransformer(nnx.Module):
         blocks, the class token (position 0) kept aside."""
         return self.head(self.norm(self.run_blocks(images, reduction=reduction, train=train))[:, 0])
 
-    def features(self, images: jax.Array, *, reduction=None, restore: bool = False,
-                 train: bool = False) -> list[jax.Array]:
+    def features(
+        self, images: jax.Array, *, reduction=None, restore: bool = False, train: bool = False
+    ) -> list[jax.Array]:
         """Maps for dense heads: for every block of `feature_layers`, (B, h, w, embed_dim).
 
         As mmsegmentation's ViT backbone: the block's output tokens, the class token removed;
@@ -193,7 +230,7 @@ def _quartermap_sequence(attn, tokens, *, hw):
 
 
 VARIANTS = {
-    "vit_tiny": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),   # DeiT-Ti
+    "vit_tiny": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),  # DeiT-Ti
     "vit_small": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),  # DeiT-S
     # 28x28 Fashion-MNIST: 2x2 patches give a 14x14 grid, the same token count as the *_mini SSMs.
     "vit_mini": dict(patch_size=2, embed_dim=64, depth=4, num_heads=2),

@@ -51,14 +51,23 @@ def layer_norm(features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(features, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
 
 
-def conv(in_features: int, out_features: int, kernel: int, stride: int, padding: int, *, dtype,
-         rngs: nnx.Rngs) -> nnx.Conv:
+def conv(
+    in_features: int, out_features: int, kernel: int, stride: int, padding: int, *, dtype, rngs: nnx.Rngs
+) -> nnx.Conv:
     """PyTorch Conv2d (with bias, torch default init) with explicit symmetric zero padding
     (Flax's 'SAME' pads stride-2 convolutions asymmetrically)."""
     fan_in = in_features * kernel * kernel
-    return nnx.Conv(in_features, out_features, (kernel, kernel), strides=(stride, stride),
-                    padding=((padding, padding), (padding, padding)), dtype=dtype,
-                    kernel_init=torch_default(fan_in), bias_init=torch_default(fan_in), rngs=rngs)
+    return nnx.Conv(
+        in_features,
+        out_features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dtype=dtype,
+        kernel_init=torch_default(fan_in),
+        bias_init=torch_default(fan_in),
+        rngs=rngs,
+    )
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -69,8 +78,9 @@ class PatchEmbed(nnx.Module):
     """The stem: "v2" conv1 -> norm1 -> GELU -> conv2 -> norm2 (overall stride patch_size),
     "v1" conv1 (k = stride = patch_size) -> norm1. Norms are absent with patch_norm=False."""
 
-    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, version: str, patch_norm: bool,
-                 *, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, in_chans: int, embed_dim: int, patch_size: int, version: str, patch_norm: bool, *, dtype, rngs: nnx.Rngs
+    ):
         self.version = version
         if version == "v1":
             self.geometry = [(patch_size, patch_size, 0)]
@@ -107,8 +117,9 @@ class Downsample(nnx.Module):
         self.version = version
         if version == "v1":  # PatchMerging2D
             self.norm = layer_norm(4 * dim, rngs)
-            self.reduction = nnx.Linear(4 * dim, out_dim, use_bias=False, dtype=dtype, kernel_init=LINEAR_INIT,
-                                        rngs=rngs)
+            self.reduction = nnx.Linear(
+                4 * dim, out_dim, use_bias=False, dtype=dtype, kernel_init=LINEAR_INIT, rngs=rngs
+            )
         else:
             kernel, padding = (3, 1) if version == "v3" else (2, 0)
             self.conv = conv(dim, out_dim, kernel, 2, padding, dtype=dtype, rngs=rngs)
@@ -132,15 +143,20 @@ class Downsample(nnx.Module):
 class VSSBlock(nnx.Module):
     """Pre-norm residual block: SS2D branch on the full grid, then the MLP branch."""
 
-    def __init__(self, dim: int, *, drop_path: float, mlp_ratio: float, ssm_kwargs: dict, dtype,
-                 rngs: nnx.Rngs):
+    def __init__(self, dim: int, *, drop_path: float, mlp_ratio: float, ssm_kwargs: dict, dtype, rngs: nnx.Rngs):
         self.norm = layer_norm(dim, rngs)
         self.op = SS2D(dim, proj_init=LINEAR_INIT, dtype=dtype, rngs=rngs, **ssm_kwargs)
         self.drop_path = DropPath(drop_path, rngs=rngs)
         if mlp_ratio > 0:
             self.norm2 = layer_norm(dim, rngs)
-            self.mlp = Mlp(dim, int(dim * mlp_ratio), kernel_init=LINEAR_INIT, bias_init=nnx.initializers.zeros,
-                           dtype=dtype, rngs=rngs)
+            self.mlp = Mlp(
+                dim,
+                int(dim * mlp_ratio),
+                kernel_init=LINEAR_INIT,
+                bias_init=nnx.initializers.zeros,
+                dtype=dtype,
+                rngs=rngs,
+            )
         else:
             self.norm2 = self.mlp = None
 
@@ -188,8 +204,9 @@ class Classifier(nnx.Module):
 
     def __init__(self, dim: int, num_classes: int, *, dtype, rngs: nnx.Rngs):
         self.norm = layer_norm(dim, rngs)
-        self.head = nnx.Linear(dim, num_classes, dtype=dtype, kernel_init=LINEAR_INIT,
-                               bias_init=nnx.initializers.zeros, rngs=rngs)
+        self.head = nnx.Linear(
+            dim, num_classes, dtype=dtype, kernel_init=LINEAR_INIT, bias_init=nnx.initializers.zeros, rngs=rngs
+        )
 
     def pool(self, x: jax.Array) -> jax.Array:
         """(batch, H, W, C) -> (batch, C): the features fed to the head."""
@@ -250,50 +267,78 @@ class VMamba(nnx.Module):
         out_norms: bool = False,
         rngs: nnx.Rngs,
     ):
-        check_positive_ints("VMamba", num_classes=num_classes, img_size=img_size, in_chans=in_chans,
-                            patch_size=patch_size)
+        check_positive_ints(
+            "VMamba", num_classes=num_classes, img_size=img_size, in_chans=in_chans, patch_size=patch_size
+        )
         positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
         depths = tuple(depths)
-        _check(len(depths) >= 1 and all(positive(d) for d in depths),
-               f"depths must be a non-empty sequence of positive ints, got {depths!r}")
+        _check(
+            len(depths) >= 1 and all(positive(d) for d in depths),
+            f"depths must be a non-empty sequence of positive ints, got {depths!r}",
+        )
         dims = tuple(dims * 2**i for i in range(len(depths))) if positive(dims) else tuple(dims)
-        _check(len(dims) == len(depths) and all(positive(d) for d in dims),
-               f"dims must be a positive int or {len(depths)} positive ints (one per stage), got {dims!r}")
-        _check(patchembed_version in PATCHEMBED_VERSIONS,
-               f"patchembed_version must be one of {PATCHEMBED_VERSIONS}, got {patchembed_version!r}")
-        _check(downsample_version in DOWNSAMPLE_VERSIONS,
-               f"downsample_version must be one of {DOWNSAMPLE_VERSIONS}, got {downsample_version!r}")
-        _check(patchembed_version == "v1" or (patch_size % 2 == 0 and dims[0] % 2 == 0),
-               f"patchembed_version 'v2' needs an even patch_size and dims[0], got {patch_size} and {dims[0]}")
-        _check(img_size % patch_size == 0,
-               f"img_size ({img_size}) must be a multiple of patch_size ({patch_size})")
+        _check(
+            len(dims) == len(depths) and all(positive(d) for d in dims),
+            f"dims must be a positive int or {len(depths)} positive ints (one per stage), got {dims!r}",
+        )
+        _check(
+            patchembed_version in PATCHEMBED_VERSIONS,
+            f"patchembed_version must be one of {PATCHEMBED_VERSIONS}, got {patchembed_version!r}",
+        )
+        _check(
+            downsample_version in DOWNSAMPLE_VERSIONS,
+            f"downsample_version must be one of {DOWNSAMPLE_VERSIONS}, got {downsample_version!r}",
+        )
+        _check(
+            patchembed_version == "v1" or (patch_size % 2 == 0 and dims[0] % 2 == 0),
+            f"patchembed_version 'v2' needs an even patch_size and dims[0], got {patch_size} and {dims[0]}",
+        )
+        _check(img_size % patch_size == 0, f"img_size ({img_size}) must be a multiple of patch_size ({patch_size})")
         _check(isinstance(mlp_ratio, (int, float)) and mlp_ratio >= 0, f"mlp_ratio must be >= 0, got {mlp_ratio!r}")
         check_rate("VMamba", "drop_path_rate", drop_path_rate)
 
         self.num_classes, self.img_size, self.in_chans = num_classes, img_size, in_chans
         self.dims = dims
-        ssm_kwargs = dict(d_state=ssm_d_state, ssm_ratio=ssm_ratio, dt_rank=ssm_dt_rank, d_conv=ssm_conv,
-                          conv_bias=ssm_conv_bias, forward_type=forward_type, scan_impl=scan_impl,
-                          chunk_size=chunk_size)
-        self.patch_embed = PatchEmbed(in_chans, dims[0], patch_size, patchembed_version, patch_norm,
-                                      dtype=dtype, rngs=rngs)
+        ssm_kwargs = dict(
+            d_state=ssm_d_state,
+            ssm_ratio=ssm_ratio,
+            dt_rank=ssm_dt_rank,
+            d_conv=ssm_conv,
+            conv_bias=ssm_conv_bias,
+            forward_type=forward_type,
+            scan_impl=scan_impl,
+            chunk_size=chunk_size,
+        )
+        self.patch_embed = PatchEmbed(
+            in_chans, dims[0], patch_size, patchembed_version, patch_norm, dtype=dtype, rngs=rngs
+        )
         rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
         stages = []
         for i, (depth, dim) in enumerate(zip(depths, dims)):
             first = sum(depths[:i])
-            blocks = [VSSBlock(dim, drop_path=rates[first + j], mlp_ratio=mlp_ratio, ssm_kwargs=ssm_kwargs,
-                               dtype=dtype, rngs=rngs) for j in range(depth)]
-            downsample = (Downsample(dim, dims[i + 1], downsample_version, dtype=dtype, rngs=rngs)
-                          if i + 1 < len(depths) else None)
+            blocks = [
+                VSSBlock(
+                    dim, drop_path=rates[first + j], mlp_ratio=mlp_ratio, ssm_kwargs=ssm_kwargs, dtype=dtype, rngs=rngs
+                )
+                for j in range(depth)
+            ]
+            downsample = (
+                Downsample(dim, dims[i + 1], downsample_version, dtype=dtype, rngs=rngs)
+                if i + 1 < len(depths)
+                else None
+            )
             stages.append(Stage(blocks, downsample))
         self.layers = nnx.List(stages)
         self.classifier = Classifier(dims[-1], num_classes, dtype=dtype, rngs=rngs)
         _check(isinstance(out_norms, bool), f"out_norms must be True or False, got {out_norms!r}")
-        self.outnorms = nnx.List([
-            nnx.LayerNorm(dim, epsilon=1e-5, use_fast_variance=False, use_scale=out_norms, use_bias=out_norms,
-                          rngs=rngs)
-            for dim in dims
-        ])
+        self.outnorms = nnx.List(
+            [
+                nnx.LayerNorm(
+                    dim, epsilon=1e-5, use_fast_variance=False, use_scale=out_norms, use_bias=out_norms, rngs=rngs
+                )
+                for dim in dims
+            ]
+        )
 
     def grid_sizes(self) -> list[int]:
         """Side of every stage's grid for img_size x img_size images."""
@@ -328,9 +373,10 @@ class VMamba(nnx.Module):
         for stage in self.layers:
             reduce = None
             if sites and mix is None:
-                reduce = [functools.partial(placement.reduce_pair, reducer, sites[index + i], index=index + i,
-                                            plans=plans)
-                          for i in range(len(stage.blocks))]
+                reduce = [
+                    functools.partial(placement.reduce_pair, reducer, sites[index + i], index=index + i, plans=plans)
+                    for i in range(len(stage.blocks))
+                ]
             x = stage.run_blocks(x, train=train, reduce=reduce, mix=mix)
             outputs.append(x)
             if stage.downsample is not None:
@@ -342,8 +388,9 @@ class VMamba(nnx.Module):
         """(batch, img_size, img_size, in_chans) -> (batch, dims[-1]) pooled features (the head's input)."""
         return self.classifier.pool(self.stage_outputs(images, reduction=reduction, train=train)[-1])
 
-    def features(self, images: jax.Array, *, reduction=None, restore: bool = False,
-                 train: bool = False) -> list[jax.Array]:
+    def features(
+        self, images: jax.Array, *, reduction=None, restore: bool = False, train: bool = False
+    ) -> list[jax.Array]:
         """Multi-scale maps for dense heads: one (batch, h_i, w_i, dims[i]) array per stage.
 
         Stage i's block output (before its downsample) through `outnorms[i]`, as the official
@@ -380,16 +427,26 @@ class VMamba(nnx.Module):
 
 # name -> VSSM keyword arguments (vmamba.py factories vmamba_tiny_s1l8 / vmamba_small_s2l15 /
 # vmamba_base_s2l15 and configs/vssm/*.yaml)
-RELEASED = dict(ssm_d_state=1, ssm_dt_rank="auto", ssm_conv=3, ssm_conv_bias=False, forward_type="v05_noz",
-                mlp_ratio=4.0, patch_size=4, patchembed_version="v2", downsample_version="v3")
+RELEASED = dict(
+    ssm_d_state=1,
+    ssm_dt_rank="auto",
+    ssm_conv=3,
+    ssm_conv_bias=False,
+    forward_type="v05_noz",
+    mlp_ratio=4.0,
+    patch_size=4,
+    patchembed_version="v2",
+    downsample_version="v3",
+)
 VARIANTS = {
     "vmamba_tiny": dict(RELEASED, depths=(2, 2, 8, 2), dims=96, ssm_ratio=1.0, drop_path_rate=0.2),
     "vmamba_small": dict(RELEASED, depths=(2, 2, 15, 2), dims=96, ssm_ratio=2.0, drop_path_rate=0.3),
     "vmamba_base": dict(RELEASED, depths=(2, 2, 15, 2), dims=128, ssm_ratio=2.0, drop_path_rate=0.6),
     # 28x28 Fashion-MNIST on a 2-core CPU: a 2x2 "v1" stem gives a 14x14 first-stage grid (a "v2"
     # stem cannot reach stride 2 with a symmetric pad), then 7x7 and 4x4.
-    "vmamba_mini": dict(RELEASED, depths=(2, 2, 2), dims=32, ssm_ratio=1.0, patch_size=2,
-                        patchembed_version="v1", drop_path_rate=0.0),
+    "vmamba_mini": dict(
+        RELEASED, depths=(2, 2, 2), dims=32, ssm_ratio=1.0, patch_size=2, patchembed_version="v1", drop_path_rate=0.0
+    ),
 }
 for _name, _kwargs in VARIANTS.items():
     register(_name, VMamba, **_kwargs)

@@ -7,5 +7,13 @@ from sarf_jax.nn.mamba import Mamba
 from sarf_jax.nn.plainmamba2d import PlainMamba2D
 from sarf_jax.nn.ss2d import SS2D
 
-__all__ = ["CausalDepthwiseConv1d", "DepthwiseConv2d", "DropPath", "Mamba", "Mlp", "PlainMamba2D", "SS2D",
-           "scan_orders"]
+__all__ = [
+    "CausalDepthwiseConv1d",
+    "DepthwiseConv2d",
+    "DropPath",
+    "Mamba",
+    "Mlp",
+    "PlainMamba2D",
+    "SS2D",
+    "scan_orders",
+]

@@ -12,14 +12,29 @@ from sarf_jax.nn.initializers import torch_default
 class Mlp(nnx.Module):
     """fc1 -> GELU (exact erf, as torch's nn.GELU) -> fc2, on the last axis (timm / VMamba names)."""
 
-    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None, *,
-                 dtype=None, kernel_init=None, bias_init=None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        out_features: int | None = None,
+        *,
+        dtype=None,
+        kernel_init=None,
+        bias_init=None,
+        rngs: nnx.Rngs,
+    ):
         """Initialised like torch's Linear unless `kernel_init` / `bias_init` are given."""
         out_features = out_features or in_features
 
         def linear(fan_in, fan_out):
-            return nnx.Linear(fan_in, fan_out, dtype=dtype, kernel_init=kernel_init or torch_default(fan_in),
-                              bias_init=bias_init or torch_default(fan_in), rngs=rngs)
+            return nnx.Linear(
+                fan_in,
+                fan_out,
+                dtype=dtype,
+                kernel_init=kernel_init or torch_default(fan_in),
+                bias_init=bias_init or torch_default(fan_in),
+                rngs=rngs,
+            )
 
         self.fc1 = linear(in_features, hidden_features)
         self.fc2 = linear(hidden_features, out_features)

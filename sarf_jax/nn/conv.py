@@ -21,8 +21,7 @@ class CausalDepthwiseConv1d(nnx.Module):
     Conv1d, U(-1/sqrt(K), 1/sqrt(K)).
     """
 
-    def __init__(self, channels: int, kernel_size: int, *, use_bias: bool = True, dtype=None,
-                 rngs: nnx.Rngs):
+    def __init__(self, channels: int, kernel_size: int, *, use_bias: bool = True, dtype=None, rngs: nnx.Rngs):
         init = torch_default(kernel_size)
         self.kernel = nnx.Param(init(rngs.params(), (kernel_size, 1, channels)))
         self.bias = nnx.Param(init(rngs.params(), (channels,))) if use_bias else None
@@ -41,7 +40,7 @@ def causal_depthwise_conv1d(x, kernel, bias):
     (sarf_jax.evaluate.flops) charge it as the convolution it is: K MACs per output."""
     length, taps = x.shape[1], kernel.shape[0]
     padded = jnp.pad(x, [(0, 0), (taps - 1, 0), (0, 0)])
-    y = sum(padded[:, k:k + length] * kernel[k, 0] for k in range(taps))
+    y = sum(padded[:, k : k + length] * kernel[k, 0] for k in range(taps))
     return y if bias is None else y + bias
 
 
@@ -55,8 +54,7 @@ class DepthwiseConv2d(nnx.Module):
     Zero padding of (k - 1) / 2 on every side, as PyTorch's padding=(k - 1) // 2.
     """
 
-    def __init__(self, channels: int, kernel_size: int, *, use_bias: bool = True, dtype=None,
-                 rngs: nnx.Rngs):
+    def __init__(self, channels: int, kernel_size: int, *, use_bias: bool = True, dtype=None, rngs: nnx.Rngs):
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"DepthwiseConv2d: kernel_size must be a positive odd int, got {kernel_size}")
         init = torch_default(kernel_size * kernel_size)
@@ -78,6 +76,6 @@ def depthwise_conv2d(x, kernel, bias):
     height, width, taps = x.shape[1], x.shape[2], kernel.shape[0]
     p = (taps - 1) // 2
     padded = jnp.pad(x, [(0, 0), (p, p), (p, p), (0, 0)])
-    rows = [padded[:, i:i + height] for i in range(taps)]
-    y = sum(row[:, :, j:j + width] * kernel[i, j, 0] for i, row in enumerate(rows) for j in range(taps))
+    rows = [padded[:, i : i + height] for i in range(taps)]
+    y = sum(row[:, :, j : j + width] * kernel[i, j, 0] for i, row in enumerate(rows) for j in range(taps))
     return y if bias is None else y + bias

@@ -99,8 +99,7 @@ class Mamba(nnx.Module):
         chunk_size: int | None = None,
         rngs: nnx.Rngs,
     ):
-        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv),
-                            ("expand", expand)):
+        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
             _positive_int(name, value)
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
@@ -122,20 +121,25 @@ class Mamba(nnx.Module):
 
         def linear(fan_in, fan_out, use_bias, kernel_init=None):
             return nnx.Linear(
-                fan_in, fan_out, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                fan_in,
+                fan_out,
+                use_bias=use_bias,
+                dtype=dtype,
+                param_dtype=jnp.float32,
                 kernel_init=kernel_init or torch_default(fan_in),
-                bias_init=torch_default(fan_in), rngs=rngs,
+                bias_init=torch_default(fan_in),
+                rngs=rngs,
             )
 
         def branch():
             """conv1d, x_proj, dt_proj, A_log, D of one scan direction."""
             conv1d = CausalDepthwiseConv1d(d_inner, d_conv, use_bias=conv_bias, dtype=dtype, rngs=rngs)
             x_proj = linear(d_inner, dt_rank + 2 * d_state, use_bias=False)
-            dt_proj = linear(dt_rank, d_inner, use_bias=True,
-                             kernel_init=uniform(dt_scale * dt_rank**-0.5))
+            dt_proj = linear(dt_rank, d_inner, use_bias=True, kernel_init=uniform(dt_scale * dt_rank**-0.5))
             dt_proj.bias = nnx.Param(dt_bias_init(dt_min, dt_max, dt_init_floor)(rngs.params(), (d_inner,)))
-            A_log = nnx.Param(jnp.log(jnp.broadcast_to(jnp.arange(1, d_state + 1, dtype=jnp.float32),
-                                                       (d_inner, d_state))))
+            A_log = nnx.Param(
+                jnp.log(jnp.broadcast_to(jnp.arange(1, d_state + 1, dtype=jnp.float32), (d_inner, d_state)))
+            )
             D = nnx.Param(jnp.ones((d_inner,), jnp.float32))
             return conv1d, x_proj, dt_proj, A_log, D
 
@@ -147,16 +151,15 @@ class Mamba(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(
-                f"Mamba: input must have shape (batch, length, d_model={self.d_model}), got {x.shape}"
-            )
+            raise ValueError(f"Mamba: input must have shape (batch, length, d_model={self.d_model}), got {x.shape}")
         xz = self.in_proj(x)
         x, z = jnp.split(xz, 2, axis=-1)
         y = self._scan_branch(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
         if self.bidirectional == "v2":
             flip = lambda t: jnp.flip(t, axis=1)
-            y_backward = self._scan_branch(flip(x), flip(z), self.conv1d_b, self.x_proj_b,
-                                           self.dt_proj_b, self.A_b_log, self.D_b)
+            y_backward = self._scan_branch(
+                flip(x), flip(z), self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
+            )
             y = 0.5 * (y + flip(y_backward))
         return self.out_proj(y)
 
@@ -166,7 +169,15 @@ class Mamba(nnx.Module):
         dt, B, C = jnp.split(x_proj(x), [self.dt_rank, self.dt_rank + self.d_state], axis=-1)
         delta = dt @ dt_proj.kernel[...].astype(dt.dtype)
         return selective_scan(
-            x, delta, -jnp.exp(A_log[...]), B, C, D[...], z=z, delta_bias=dt_proj.bias[...],
-            delta_softplus=True, impl=self.scan_impl, chunk_size=self.chunk_size,
+            x,
+            delta,
+            -jnp.exp(A_log[...]),
+            B,
+            C,
+            D[...],
+            z=z,
+            delta_bias=dt_proj.bias[...],
+            delta_softplus=True,
+            impl=self.scan_impl,
+            chunk_size=self.chunk_size,
         )
-

@@ -96,8 +96,7 @@ class PlainMamba2D(nnx.Module):
         chunk_size: int | None = None,
         rngs: nnx.Rngs,
     ):
-        for name, value in (("d_model", d_model), ("d_state", d_state), ("expand", expand),
-                            ("conv_size", conv_size)):
+        for name, value in (("d_model", d_model), ("d_state", d_state), ("expand", expand), ("conv_size", conv_size)):
             _positive_int(name, value)
         if conv_size % 2 != 1:
             raise ValueError(f"PlainMamba2D: conv_size must be odd, got {conv_size}")
@@ -118,30 +117,39 @@ class PlainMamba2D(nnx.Module):
         self.scan_impl, self.chunk_size = scan_impl, chunk_size
 
         def linear(fan_in, fan_out, use_bias, kernel_init=None):
-            return nnx.Linear(fan_in, fan_out, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                              kernel_init=kernel_init or torch_default(fan_in),
-                              bias_init=torch_default(fan_in), rngs=rngs)
+            return nnx.Linear(
+                fan_in,
+                fan_out,
+                use_bias=use_bias,
+                dtype=dtype,
+                param_dtype=jnp.float32,
+                kernel_init=kernel_init or torch_default(fan_in),
+                bias_init=torch_default(fan_in),
+                rngs=rngs,
+            )
 
         self.in_proj = linear(d_model, 2 * d_inner, bias)
         self.conv2d = DepthwiseConv2d(d_inner, conv_size, use_bias=conv_bias, dtype=dtype, rngs=rngs)
         self.x_proj = linear(d_inner, dt_rank + 2 * d_state, False)
         dt_std = dt_scale * dt_rank**-0.5
-        dt_kernel_init = (uniform(dt_std) if dt_init == "random"
-                          else nnx.initializers.constant(dt_std))
+        dt_kernel_init = uniform(dt_std) if dt_init == "random" else nnx.initializers.constant(dt_std)
         self.dt_proj = linear(dt_rank, d_inner, True, kernel_init=dt_kernel_init)
         self.dt_proj.bias = nnx.Param(dt_bias_init(dt_min, dt_max, dt_init_floor)(rngs.params(), (d_inner,)))
-        self.A_log = nnx.Param(jnp.log(jnp.broadcast_to(jnp.arange(1, d_state + 1, dtype=jnp.float32),
-                                                        (d_inner, d_state))))
+        self.A_log = nnx.Param(
+            jnp.log(jnp.broadcast_to(jnp.arange(1, d_state + 1, dtype=jnp.float32), (d_inner, d_state)))
+        )
         self.D = nnx.Param(jnp.ones((d_inner,), jnp.float32))
         self.out_proj = linear(d_inner, d_model, bias)
         self.direction_Bs = nnx.Param(0.02 * jax.random.truncated_normal(rngs.params(), -100.0, 100.0, (5, d_state)))
-        self.gamma = (nnx.Param(jnp.full((d_model,), init_layer_scale, jnp.float32))
-                      if init_layer_scale is not None else None)
+        self.gamma = (
+            nnx.Param(jnp.full((d_model,), init_layer_scale, jnp.float32)) if init_layer_scale is not None else None
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4 or x.shape[-1] != self.d_model:
-            raise ValueError(f"PlainMamba2D: input must have shape (batch, H, W, d_model={self.d_model}), "
-                             f"got {x.shape}")
+            raise ValueError(
+                f"PlainMamba2D: input must have shape (batch, H, W, d_model={self.d_model}), got {x.shape}"
+            )
         h, w = x.shape[1:3]
         state = self.d_state
         x, z = jnp.split(self.in_proj(x), 2, axis=-1)
@@ -159,9 +167,16 @@ class PlainMamba2D(nnx.Module):
         C = jnp.broadcast_to(C[:, :, None, :], B.shape)
         tile = lambda t: jnp.tile(t, k)  # (..., channels) -> (..., k * channels), scan-major
         y = selective_scan(
-            rearrange(u, "b l k e -> b l (k e)"), tile(dt), jnp.tile(-jnp.exp(self.A_log[...]), (k, 1)),
-            B, C, tile(self.D[...]), delta_bias=tile(self.dt_proj.bias[...]),  # ... and again here
-            delta_softplus=True, impl=self.scan_impl, chunk_size=self.chunk_size,
+            rearrange(u, "b l k e -> b l (k e)"),
+            tile(dt),
+            jnp.tile(-jnp.exp(self.A_log[...]), (k, 1)),
+            B,
+            C,
+            tile(self.D[...]),
+            delta_bias=tile(self.dt_proj.bias[...]),  # ... and again here
+            delta_softplus=True,
+            impl=self.scan_impl,
+            chunk_size=self.chunk_size,
         )
         y = rearrange(y, "b l (k e) -> b l k e", k=k)
         # Back to raster order: y_raster[:, p, k] = y[:, inverses[k, p], k]; sum the scans.

@@ -139,8 +139,15 @@ class SS2D(nnx.Module):
         self.scan_impl, self.chunk_size = scan_impl, chunk_size
 
         def linear(fan_in, fan_out):
-            return nnx.Linear(fan_in, fan_out, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                              kernel_init=proj_init or torch_default(fan_in), rngs=rngs)
+            return nnx.Linear(
+                fan_in,
+                fan_out,
+                use_bias=False,
+                dtype=dtype,
+                param_dtype=jnp.float32,
+                kernel_init=proj_init or torch_default(fan_in),
+                rngs=rngs,
+            )
 
         K = DIRECTIONS
         self.in_proj = linear(d_model, 2 * d_inner if self.gated else d_inner)
@@ -148,11 +155,13 @@ class SS2D(nnx.Module):
         self.x_proj_weight = nnx.Param(torch_default(d_inner)(rngs.params(), (K, dt_rank + 2 * d_state, d_inner)))
         self.dt_projs_weight = nnx.Param(uniform(dt_rank**-0.5)(rngs.params(), (K, d_inner, dt_rank)))
         self.dt_projs_bias = nnx.Param(dt_bias_init(0.001, 0.1, 1e-4)(rngs.params(), (K, d_inner)))
-        self.A_logs = nnx.Param(jnp.log(jnp.broadcast_to(
-            jnp.arange(1, d_state + 1, dtype=jnp.float32), (K * d_inner, d_state))))
+        self.A_logs = nnx.Param(
+            jnp.log(jnp.broadcast_to(jnp.arange(1, d_state + 1, dtype=jnp.float32), (K * d_inner, d_state)))
+        )
         self.Ds = nnx.Param(jnp.ones((K * d_inner,), jnp.float32))
-        self.out_norm = nnx.LayerNorm(d_inner, epsilon=1e-5, use_fast_variance=False,
-                                      param_dtype=jnp.float32, rngs=rngs)
+        self.out_norm = nnx.LayerNorm(
+            d_inner, epsilon=1e-5, use_fast_variance=False, param_dtype=jnp.float32, rngs=rngs
+        )
         self.out_proj = linear(d_inner, d_model)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -176,8 +185,15 @@ class SS2D(nnx.Module):
         delta = jnp.einsum("blkr,kdr->blkd", dt, self.dt_projs_weight[...].astype(dt.dtype))
         flat = lambda t: rearrange(t, "b l k d -> b l (k d)")
         ys = selective_scan(
-            flat(xs.astype(jnp.float32)), flat(delta), -jnp.exp(self.A_logs[...]), B, C, self.Ds[...],
-            delta_bias=self.dt_projs_bias[...].reshape(-1), delta_softplus=True,
-            impl=self.scan_impl, chunk_size=self.chunk_size,
+            flat(xs.astype(jnp.float32)),
+            flat(delta),
+            -jnp.exp(self.A_logs[...]),
+            B,
+            C,
+            self.Ds[...],
+            delta_bias=self.dt_projs_bias[...].reshape(-1),
+            delta_softplus=True,
+            impl=self.scan_impl,
+            chunk_size=self.chunk_size,
         )
         return cross_merge(rearrange(ys, "b l (k d) -> b l k d", k=DIRECTIONS), height, width)

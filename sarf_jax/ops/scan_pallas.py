@@ -44,22 +44,23 @@ def interpret_default(interpret):
     return jax.default_backend() == "cpu" if interpret is None else interpret
 
 
-def run(kernel: str, u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool,
-        return_last_state: bool, interpret):
+def run(kernel: str, u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: bool, return_last_state: bool, interpret):
     """(y, last_state or None) from the kernel, or None when it cannot take these arguments.
 
     Arguments as in selective_scan (already checked).
     """
-    options = (("delta_softplus", bool(delta_softplus)), ("return_last_state", bool(return_last_state)),
-               ("interpret", interpret_default(interpret)))
+    options = (
+        ("delta_softplus", bool(delta_softplus)),
+        ("return_last_state", bool(return_last_state)),
+        ("interpret", interpret_default(interpret)),
+    )
     specs = _shard_specs(u, B)
     local_u, local_B = (u, B) if specs is _UNSHARDED else _local_shapes(u, B, specs[0])
     if KERNELS[kernel].static_for(local_u, local_B, A, z, **dict(options)) is None:
         return _unsupported(kernel, u, A, B)
     if delta_bias is None:  # the kernels always add it
         delta_bias = jnp.zeros(u.shape[-1], jnp.float32)
-    return selective_scan_pallas(u, A, delta, B, C, delta_bias, D, z, kernel=kernel,
-                                 options=options)
+    return selective_scan_pallas(u, A, delta, B, C, delta_bias, D, z, kernel=kernel, options=options)
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "options"))
@@ -85,8 +86,9 @@ def selective_scan_pallas(u, A, delta, B, C, delta_bias, D, z, *, kernel, option
     args = (u, delta, A, B, C, D, z, delta_bias)
     args = [x if x is None else jax.sharding.reshard(x, spec) for x, spec in zip(args, in_specs)]
     last_state_spec = out_specs[1] if options["return_last_state"] else None
-    y, last_state = jax.shard_map(scan, in_specs=in_specs, out_specs=(out_specs[0], last_state_spec),
-                                  check_vma=False)(*args)
+    y, last_state = jax.shard_map(scan, in_specs=in_specs, out_specs=(out_specs[0], last_state_spec), check_vma=False)(
+        *args
+    )
     return jax.sharding.reshard(y, u_spec), last_state
 
 
@@ -118,19 +120,22 @@ def _shard_specs(u, B):
     if batch_axes is None and length_axes is None and channel_axes is None:
         return _UNSHARDED  # replicated, or a mesh in Auto mode, whose types carry no sharding
     if length_axes is not None:
-        warn_once("selective_scan: the pallas kernels scan whole sequences; gathering the length "
-                  f"axis of u {P(*spec[:3])} across devices")
+        warn_once(
+            "selective_scan: the pallas kernels scan whole sequences; gathering the length "
+            f"axis of u {P(*spec[:3])} across devices"
+        )
     grouped = B.ndim == 4
     groups = B.shape[2] if grouped else 1
     if channel_axes is not None and groups > 1 and groups % _axis_size(mesh, channel_axes):
-        warn_once(f"selective_scan: {groups} groups of B/C cannot follow channels split over "
-                  f"{_axis_size(mesh, channel_axes)} devices; gathering the channel axis")
+        warn_once(
+            f"selective_scan: {groups} groups of B/C cannot follow channels split over "
+            f"{_axis_size(mesh, channel_axes)} devices; gathering the channel axis"
+        )
         channel_axes = None
     group_axes = channel_axes if groups > 1 else None
     sequence = P(batch_axes, None, channel_axes)
     bc = P(batch_axes, None, group_axes, None) if grouped else P(batch_axes, None, None)
-    in_specs = (sequence, sequence, P(channel_axes, None), bc, bc, P(channel_axes), sequence,
-                P(channel_axes))
+    in_specs = (sequence, sequence, P(channel_axes, None), bc, bc, P(channel_axes), sequence, P(channel_axes))
     return in_specs, (sequence, P(batch_axes, channel_axes, None)), P(*spec[:3])
 
 
@@ -138,7 +143,7 @@ def _axis_size(mesh, axes):
     if axes is None:
         return 1
     size = 1
-    for name in (axes if isinstance(axes, tuple) else (axes,)):
+    for name in axes if isinstance(axes, tuple) else (axes,):
         size *= mesh.shape[name]
     return size
 

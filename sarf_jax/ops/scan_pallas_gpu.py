@@ -96,8 +96,19 @@ def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret) -> S
     groups = B.shape[2] if B.ndim == 4 else 1
     if not _is_power_of_two(state):
         return None
-    return Static(batch, length, channels, state, groups, channel_tile_for(channels // groups),
-                  CHUNK, bool(delta_softplus), z is not None, bool(return_last_state), interpret)
+    return Static(
+        batch,
+        length,
+        channels,
+        state,
+        groups,
+        channel_tile_for(channels // groups),
+        CHUNK,
+        bool(delta_softplus),
+        z is not None,
+        bool(return_last_state),
+        interpret,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,6 +159,7 @@ def _forward_kernel(static: Static, save_chunk_states: bool, *refs):
 
     h = jnp.zeros((static.state, static.channel_tile), F32)
     if save_chunk_states:
+
         def one_chunk(k, h):
             chunk_states_ref[p.batch, k, :, p.channels] = h
             end = jnp.minimum((k + 1) * static.chunk, static.length)
@@ -222,8 +234,7 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
     zeros_state = jnp.zeros((static.state, static.channel_tile), F32)
     zeros_row = jnp.zeros((static.channel_tile,), F32)
     g_h = g_last_ref[p.batch, :, p.channels] if has_last_state_cotangent else zeros_state
-    _, gA, gD, gbias = lax.fori_loop(0, static.num_chunks, one_chunk,
-                                    (g_h, zeros_state, zeros_row, zeros_row))
+    _, gA, gD, gbias = lax.fori_loop(0, static.num_chunks, one_chunk, (g_h, zeros_state, zeros_row, zeros_row))
     gA_ref[p.batch, :, p.channels] = gA
     gD_ref[p.batch, p.channels] = gD
     gbias_ref[p.batch, p.channels] = gbias
@@ -243,28 +254,27 @@ def _compiler_params():
 
 def _kernel_operands(static: Static, A, B, C, D, delta_bias):
     grouped = lambda x: x.reshape(static.batch, static.length, static.groups, static.state)
-    return (grouped(B), grouped(C), jnp.swapaxes(A.astype(F32), 0, 1), D.astype(F32),
-            delta_bias.astype(F32))
+    return (grouped(B), grouped(C), jnp.swapaxes(A.astype(F32), 0, 1), D.astype(F32), delta_bias.astype(F32))
 
 
 def _forward(static: Static, save_chunk_states: bool, u, delta, z, A, B, C, D, delta_bias):
     """(y, chunk start states (batch, chunks, state, channels) or None, last state or None)."""
-    inputs = [u, delta] + ([z] if static.has_z else []) + list(
-        _kernel_operands(static, A, B, C, D, delta_bias))
+    inputs = [u, delta] + ([z] if static.has_z else []) + list(_kernel_operands(static, A, B, C, D, delta_bias))
     out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype)]
     if save_chunk_states:
-        out_shape.append(jax.ShapeDtypeStruct(
-            (static.batch, static.num_chunks, static.state, static.channels), F32))
+        out_shape.append(jax.ShapeDtypeStruct((static.batch, static.num_chunks, static.state, static.channels), F32))
     if static.return_last_state:
         out_shape.append(jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32))
-    outputs = list(pl.pallas_call(
-        functools.partial(_forward_kernel, static, save_chunk_states),
-        grid=_grid(static),
-        out_shape=out_shape,
-        compiler_params=_compiler_params(),
-        interpret=static.interpret,
-        name="selective_scan_forward",
-    )(*inputs))
+    outputs = list(
+        pl.pallas_call(
+            functools.partial(_forward_kernel, static, save_chunk_states),
+            grid=_grid(static),
+            out_shape=out_shape,
+            compiler_params=_compiler_params(),
+            interpret=static.interpret,
+            name="selective_scan_forward",
+        )(*inputs)
+    )
     y = outputs.pop(0)
     chunk_states = outputs.pop(0) if save_chunk_states else None
     last_state = jnp.swapaxes(outputs.pop(0), 1, 2) if static.return_last_state else None
@@ -274,24 +284,33 @@ def _forward(static: Static, save_chunk_states: bool, u, delta, z, A, B, C, D, d
 def _backward(static: Static, residuals, gy, g_last_state):
     u, delta, z, A, B, C, D, delta_bias, chunk_states = residuals
     has_g_last = g_last_state is not None
-    inputs = ([u, delta] + ([z] if static.has_z else []) + [gy]
-              + list(_kernel_operands(static, A, B, C, D, delta_bias)) + [chunk_states])
+    inputs = (
+        [u, delta]
+        + ([z] if static.has_z else [])
+        + [gy]
+        + list(_kernel_operands(static, A, B, C, D, delta_bias))
+        + [chunk_states]
+    )
     if has_g_last:
         inputs.append(jnp.swapaxes(g_last_state.astype(F32), 1, 2))
     sequence_grads = [u, delta] + ([z] if static.has_z else [])
     partial_bc = (static.batch, static.groups, static.tiles_per_group, static.length, static.state)
-    out_shape = ([jax.ShapeDtypeStruct(x.shape, x.dtype) for x in sequence_grads]
-                 + [jax.ShapeDtypeStruct(partial_bc, F32)] * 2
-                 + [jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32)]
-                 + [jax.ShapeDtypeStruct((static.batch, static.channels), F32)] * 2)
-    grads = list(pl.pallas_call(
-        functools.partial(_backward_kernel, static, has_g_last),
-        grid=_grid(static),
-        out_shape=out_shape,
-        compiler_params=_compiler_params(),
-        interpret=static.interpret,
-        name="selective_scan_backward",
-    )(*inputs))
+    out_shape = (
+        [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in sequence_grads]
+        + [jax.ShapeDtypeStruct(partial_bc, F32)] * 2
+        + [jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32)]
+        + [jax.ShapeDtypeStruct((static.batch, static.channels), F32)] * 2
+    )
+    grads = list(
+        pl.pallas_call(
+            functools.partial(_backward_kernel, static, has_g_last),
+            grid=_grid(static),
+            out_shape=out_shape,
+            compiler_params=_compiler_params(),
+            interpret=static.interpret,
+            name="selective_scan_backward",
+        )(*inputs)
+    )
     gu, gdelta = grads.pop(0), grads.pop(0)
     gz = grads.pop(0) if static.has_z else None
     gB_partial, gC_partial, gA_partial, gD_partial, gbias_partial = grads
@@ -301,8 +320,16 @@ def _backward(static: Static, residuals, gy, g_last_state):
         return g.reshape(like.shape).astype(like.dtype)
 
     gA = jnp.swapaxes(gA_partial.sum(axis=0), 0, 1).astype(A.dtype)
-    return (gu, gdelta, gz, gA, bc_grad(gB_partial, B), bc_grad(gC_partial, C),
-            gD_partial.sum(axis=0).astype(D.dtype), gbias_partial.sum(axis=0).astype(delta_bias.dtype))
+    return (
+        gu,
+        gdelta,
+        gz,
+        gA,
+        bc_grad(gB_partial, B),
+        bc_grad(gC_partial, C),
+        gD_partial.sum(axis=0).astype(D.dtype),
+        gbias_partial.sum(axis=0).astype(delta_bias.dtype),
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

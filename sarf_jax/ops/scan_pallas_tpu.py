@@ -104,8 +104,7 @@ def plan_tiling(length: int, channels: int, state: int, groups: int) -> Tiling |
     if channels % 128:
         channel_tile = channels  # a block equal to the full dimension is always legal
     else:
-        channel_tile = max(d for d in range(128, min(CHANNEL_TILE, channels) + 1, 128)
-                           if channels % d == 0)
+        channel_tile = max(d for d in range(128, min(CHANNEL_TILE, channels) + 1, 128) if channels % d == 0)
     align = math.lcm(8, 128 // math.gcd(state, 128))  # seq_tile % 8 == 0, seq_tile * state % 128 == 0
     fits = lambda tile: _vmem_bytes(tile, channel_tile, state, groups) <= VMEM_BUDGET_BYTES
     if length <= MAX_SEQ_TILE and fits(length):
@@ -130,8 +129,20 @@ def _group_matrix(static: Static, channel_tile_index):
     return ((channel >= first) & (channel < first + static.per_group)).astype(F32)
 
 
-def _prepare_tile(static: Static, seq_tile_index, channel_tile_index, u_ref, delta_ref, bias_ref,
-                  B_ref, C_ref, step_ref, drive_ref, B_lanes_ref, C_lanes_ref):
+def _prepare_tile(
+    static: Static,
+    seq_tile_index,
+    channel_tile_index,
+    u_ref,
+    delta_ref,
+    bias_ref,
+    B_ref,
+    C_ref,
+    step_ref,
+    drive_ref,
+    B_lanes_ref,
+    C_lanes_ref,
+):
     """Discretise one tile into scratch; returns the (seq_tile, channel_tile) mask of real steps.
 
     step = softplus(delta + delta_bias) (or without softplus), drive = step * u, both zero on the
@@ -151,8 +162,9 @@ def _prepare_tile(static: Static, seq_tile_index, channel_tile_index, u_ref, del
     column = lax.broadcasted_iota(jnp.int32, (static.groups, seq_tile * state), 1)
     for flat_ref, lanes_ref in ((B_ref, B_lanes_ref), (C_ref, C_lanes_ref)):
         flat = jnp.where(column < steps_left * state, flat_ref[...].astype(F32), 0.0)
-        lanes_ref[...] = lax.dot_general(flat, groups, (((0,), (0,)), ((), ())),
-                                         precision=HIGHEST, preferred_element_type=F32)
+        lanes_ref[...] = lax.dot_general(
+            flat, groups, (((0,), (0,)), ((), ())), precision=HIGHEST, preferred_element_type=F32
+        )
     return valid
 
 
@@ -182,8 +194,20 @@ def _forward_kernel(static: Static, save_tile_states: bool, *refs):
     def _():
         h_ref[...] = jnp.zeros_like(h_ref)
 
-    _prepare_tile(static, seq_tile_index, channel_tile_index, u_ref, delta_ref, bias_ref, B_ref,
-                  C_ref, step_ref, drive_ref, B_lanes_ref, C_lanes_ref)
+    _prepare_tile(
+        static,
+        seq_tile_index,
+        channel_tile_index,
+        u_ref,
+        delta_ref,
+        bias_ref,
+        B_ref,
+        C_ref,
+        step_ref,
+        drive_ref,
+        B_lanes_ref,
+        C_lanes_ref,
+    )
     A = A_ref[...]
 
     def scan_step(t, h):
@@ -204,6 +228,7 @@ def _forward_kernel(static: Static, save_tile_states: bool, *refs):
     if save_tile_states:
         state_out_ref[...] = h
     elif static.return_last_state:
+
         @pl.when(seq_tile_index == static.tiling.num_seq_tiles - 1)
         def _():
             state_out_ref[...] = h
@@ -217,8 +242,18 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
     g_last_ref = take(has_last_state_cotangent)
     gu_ref, gdelta_ref, gz_ref = take(), take(), take(static.has_z)
     gB_ref, gC_ref, gA_ref, gD_ref, gbias_ref = (take() for _ in range(5))
-    (g_h_ref, states_ref, step_ref, drive_ref, B_lanes_ref, C_lanes_ref, readout_ref,
-     g_readout_ref, g_step_decay_ref, g_drive_B_ref) = refs
+    (
+        g_h_ref,
+        states_ref,
+        step_ref,
+        drive_ref,
+        B_lanes_ref,
+        C_lanes_ref,
+        readout_ref,
+        g_readout_ref,
+        g_step_decay_ref,
+        g_drive_B_ref,
+    ) = refs
 
     tiling, state = static.tiling, static.state
     seq_tile = tiling.seq_tile
@@ -233,8 +268,20 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
         gD_ref[...] = jnp.zeros_like(gD_ref)
         gbias_ref[...] = jnp.zeros_like(gbias_ref)
 
-    valid = _prepare_tile(static, seq_tile_index, channel_tile_index, u_ref, delta_ref, bias_ref,
-                          B_ref, C_ref, step_ref, drive_ref, B_lanes_ref, C_lanes_ref)
+    valid = _prepare_tile(
+        static,
+        seq_tile_index,
+        channel_tile_index,
+        u_ref,
+        delta_ref,
+        bias_ref,
+        B_ref,
+        C_ref,
+        step_ref,
+        drive_ref,
+        B_lanes_ref,
+        C_lanes_ref,
+    )
     A = A_ref[...]
     h_start = jnp.where(seq_tile_index > 0, start_ref[...], 0.0)
 
@@ -281,8 +328,7 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
         states_ref[rows, :] = states_ref[rows, :] * g_readout_ref[row, :]
         return g_h * decay, gA
 
-    g_h, gA = lax.fori_loop(0, seq_tile, reverse_step, (g_h_ref[...], jnp.zeros_like(A)),
-                            unroll=_unroll(static))
+    g_h, gA = lax.fori_loop(0, seq_tile, reverse_step, (g_h_ref[...], jnp.zeros_like(A)), unroll=_unroll(static))
     g_h_ref[...] = g_h
     gA_ref[...] += gA
 
@@ -298,8 +344,9 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
 
     groups = _group_matrix(static, channel_tile_index)
     for lanes_ref, out_ref in ((B_lanes_ref, gB_ref), (states_ref, gC_ref)):
-        out_ref[...] = lax.dot_general(groups, lanes_ref[...], (((1,), (1,)), ((), ())),
-                                       precision=HIGHEST, preferred_element_type=F32)
+        out_ref[...] = lax.dot_general(
+            groups, lanes_ref[...], (((1,), (1,)), ((), ())), precision=HIGHEST, preferred_element_type=F32
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -312,20 +359,17 @@ def _specs(static: Static, reverse: bool):
     last = tiling.num_seq_tiles - 1
     seq = (lambda s: last - s) if reverse else (lambda s: s)
     return dict(
-        sequence=pl.BlockSpec((None, tiling.seq_tile, tiling.channel_tile),
-                              lambda b, c, s: (b, seq(s), c)),
-        flat_bc=pl.BlockSpec((None, groups, tiling.seq_tile * state),
-                             lambda b, c, s: (b, 0, seq(s))),
+        sequence=pl.BlockSpec((None, tiling.seq_tile, tiling.channel_tile), lambda b, c, s: (b, seq(s), c)),
+        flat_bc=pl.BlockSpec((None, groups, tiling.seq_tile * state), lambda b, c, s: (b, 0, seq(s))),
         per_channel=pl.BlockSpec((state, tiling.channel_tile), lambda b, c, s: (0, c)),
         row=pl.BlockSpec((1, tiling.channel_tile), lambda b, c, s: (0, c)),
-        tile_state=pl.BlockSpec((None, None, state, tiling.channel_tile),
-                                lambda b, c, s: (b, seq(s), 0, c)),
-        previous_tile_state=pl.BlockSpec((None, None, state, tiling.channel_tile),
-                                         lambda b, c, s: (b, jnp.maximum(seq(s) - 1, 0), 0, c)),
+        tile_state=pl.BlockSpec((None, None, state, tiling.channel_tile), lambda b, c, s: (b, seq(s), 0, c)),
+        previous_tile_state=pl.BlockSpec(
+            (None, None, state, tiling.channel_tile), lambda b, c, s: (b, jnp.maximum(seq(s) - 1, 0), 0, c)
+        ),
         batch_state=pl.BlockSpec((None, state, tiling.channel_tile), lambda b, c, s: (b, 0, c)),
         batch_row=pl.BlockSpec((None, 1, tiling.channel_tile), lambda b, c, s: (b, 0, c)),
-        partial_bc=pl.BlockSpec((None, None, groups, tiling.seq_tile * state),
-                                lambda b, c, s: (b, c, 0, seq(s))),
+        partial_bc=pl.BlockSpec((None, None, groups, tiling.seq_tile * state), lambda b, c, s: (b, c, 0, seq(s))),
     )
 
 
@@ -354,15 +398,16 @@ def _forward(static: Static, save_tile_states: bool, u, delta, z, A, B, C, D, de
     """(y, tile end states (batch, tiles, state, channels) or the last state or None)."""
     spec = _specs(static, reverse=False)
     t = static.tiling
-    inputs = [u, delta] + ([z] if static.has_z else []) + list(
-        _kernel_operands(static, A, B, C, D, delta_bias))
-    in_specs = ([spec["sequence"]] * (3 if static.has_z else 2)
-                + [spec["flat_bc"]] * 2 + [spec["per_channel"], spec["row"], spec["row"]])
+    inputs = [u, delta] + ([z] if static.has_z else []) + list(_kernel_operands(static, A, B, C, D, delta_bias))
+    in_specs = (
+        [spec["sequence"]] * (3 if static.has_z else 2)
+        + [spec["flat_bc"]] * 2
+        + [spec["per_channel"], spec["row"], spec["row"]]
+    )
     out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype)]
     out_specs = [spec["sequence"]]
     if save_tile_states:
-        out_shape.append(jax.ShapeDtypeStruct(
-            (static.batch, t.num_seq_tiles, static.state, static.channels), F32))
+        out_shape.append(jax.ShapeDtypeStruct((static.batch, t.num_seq_tiles, static.state, static.channels), F32))
         out_specs.append(spec["tile_state"])
     elif static.return_last_state:
         out_shape.append(jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32))
@@ -375,9 +420,14 @@ def _forward(static: Static, save_tile_states: bool, u, delta, z, A, B, C, D, de
         in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
-        scratch_shapes=[pltpu.VMEM((static.state, t.channel_tile), F32),
-                        pltpu.VMEM(tile, F32), pltpu.VMEM(tile, F32),
-                        pltpu.VMEM(lanes, F32), pltpu.VMEM(lanes, F32), pltpu.VMEM(tile, F32)],
+        scratch_shapes=[
+            pltpu.VMEM((static.state, t.channel_tile), F32),
+            pltpu.VMEM(tile, F32),
+            pltpu.VMEM(tile, F32),
+            pltpu.VMEM(lanes, F32),
+            pltpu.VMEM(lanes, F32),
+            pltpu.VMEM(tile, F32),
+        ],
         compiler_params=_compiler_params(),
         interpret=static.interpret,
         name="selective_scan_forward",
@@ -392,19 +442,27 @@ def _backward(static: Static, residuals, gy, g_last_state):
     has_g_last = g_last_state is not None
     sequence_inputs = [u, delta] + ([z] if static.has_z else []) + [gy]
     inputs = sequence_inputs + list(_kernel_operands(static, A, B, C, D, delta_bias)) + [tile_states]
-    in_specs = ([spec["sequence"]] * len(sequence_inputs) + [spec["flat_bc"]] * 2
-                + [spec["per_channel"], spec["row"], spec["row"], spec["previous_tile_state"]])
+    in_specs = (
+        [spec["sequence"]] * len(sequence_inputs)
+        + [spec["flat_bc"]] * 2
+        + [spec["per_channel"], spec["row"], spec["row"], spec["previous_tile_state"]]
+    )
     if has_g_last:
         inputs.append(jnp.swapaxes(g_last_state.astype(F32), 1, 2))
         in_specs.append(spec["batch_state"])
     sequence_grads = [u, delta] + ([z] if static.has_z else [])
     partial_bc = (static.batch, t.num_channel_tiles, static.groups, static.length * static.state)
-    out_shape = ([jax.ShapeDtypeStruct(x.shape, x.dtype) for x in sequence_grads]
-                 + [jax.ShapeDtypeStruct(partial_bc, F32)] * 2
-                 + [jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32)]
-                 + [jax.ShapeDtypeStruct((static.batch, 1, static.channels), F32)] * 2)
-    out_specs = ([spec["sequence"]] * len(sequence_grads) + [spec["partial_bc"]] * 2
-                 + [spec["batch_state"], spec["batch_row"], spec["batch_row"]])
+    out_shape = (
+        [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in sequence_grads]
+        + [jax.ShapeDtypeStruct(partial_bc, F32)] * 2
+        + [jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32)]
+        + [jax.ShapeDtypeStruct((static.batch, 1, static.channels), F32)] * 2
+    )
+    out_specs = (
+        [spec["sequence"]] * len(sequence_grads)
+        + [spec["partial_bc"]] * 2
+        + [spec["batch_state"], spec["batch_row"], spec["batch_row"]]
+    )
     tile = (t.seq_tile, t.channel_tile)
     lanes = (t.seq_tile * static.state, t.channel_tile)
     grads = pl.pallas_call(
@@ -413,12 +471,18 @@ def _backward(static: Static, residuals, gy, g_last_state):
         in_specs=in_specs,
         out_specs=out_specs,
         out_shape=out_shape,
-        scratch_shapes=[pltpu.VMEM((static.state, t.channel_tile), F32),
-                        pltpu.VMEM(lanes, F32),
-                        pltpu.VMEM(tile, F32), pltpu.VMEM(tile, F32),
-                        pltpu.VMEM(lanes, F32), pltpu.VMEM(lanes, F32),
-                        pltpu.VMEM(tile, F32), pltpu.VMEM(tile, F32),
-                        pltpu.VMEM(tile, F32), pltpu.VMEM(tile, F32)],
+        scratch_shapes=[
+            pltpu.VMEM((static.state, t.channel_tile), F32),
+            pltpu.VMEM(lanes, F32),
+            pltpu.VMEM(tile, F32),
+            pltpu.VMEM(tile, F32),
+            pltpu.VMEM(lanes, F32),
+            pltpu.VMEM(lanes, F32),
+            pltpu.VMEM(tile, F32),
+            pltpu.VMEM(tile, F32),
+            pltpu.VMEM(tile, F32),
+            pltpu.VMEM(tile, F32),
+        ],
         compiler_params=_compiler_params(),
         interpret=static.interpret,
         name="selective_scan_backward",
@@ -466,8 +530,18 @@ def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret) -> S
     tiling = plan_tiling(length, channels, state, groups)
     if tiling is None:
         return None
-    return Static(batch, length, channels, state, groups, tiling, bool(delta_softplus),
-                  z is not None, bool(return_last_state), interpret)
+    return Static(
+        batch,
+        length,
+        channels,
+        state,
+        groups,
+        tiling,
+        bool(delta_softplus),
+        z is not None,
+        bool(return_last_state),
+        interpret,
+    )
 
 
 def scan(static: Static, u, delta, A, B, C, D, z, delta_bias):

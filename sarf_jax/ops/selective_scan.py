@@ -111,9 +111,20 @@ def selective_scan(
     _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size, interpret)
     name = resolve_impl(impl)
     if name in scan_pallas.KERNELS:
-        result = scan_pallas.run(name, u, delta, A, B, C, D, z, delta_bias,
-                                 delta_softplus=delta_softplus,
-                                 return_last_state=return_last_state, interpret=interpret)
+        result = scan_pallas.run(
+            name,
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D,
+            z,
+            delta_bias,
+            delta_softplus=delta_softplus,
+            return_last_state=return_last_state,
+            interpret=interpret,
+        )
         if result is not None:
             y, last_state = result
             return (y, last_state) if return_last_state else y
@@ -169,8 +180,16 @@ def selective_scan_core(u, delta, A, B, C, D, z, *, impl, chunk_size):
 
 def _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size, interpret):
     """Raise ValueError naming the offending argument, before anything is traced or compiled."""
-    for name, x in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
-                    ("z", z), ("delta_bias", delta_bias)):
+    for name, x in (
+        ("u", u),
+        ("delta", delta),
+        ("A", A),
+        ("B", B),
+        ("C", C),
+        ("D", D),
+        ("z", z),
+        ("delta_bias", delta_bias),
+    ):
         if x is not None and not jnp.issubdtype(x.dtype, jnp.floating):
             kind = "complex A is not supported" if jnp.issubdtype(x.dtype, jnp.complexfloating) else ""
             raise ValueError(
@@ -178,56 +197,36 @@ def _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size, interpret)
                 + (f" ({kind})" if kind else "")
             )
     if u.ndim != 3:
-        raise ValueError(
-            f"selective_scan: u must have shape (batch, length, channels), got shape {u.shape}"
-        )
+        raise ValueError(f"selective_scan: u must have shape (batch, length, channels), got shape {u.shape}")
     batch, length, channels = u.shape
     if delta.shape != u.shape:
         raise ValueError(
-            f"selective_scan: delta must have u's shape (batch, length, channels) = {u.shape}, "
-            f"got {delta.shape}"
+            f"selective_scan: delta must have u's shape (batch, length, channels) = {u.shape}, got {delta.shape}"
         )
     if z is not None and z.shape != u.shape:
-        raise ValueError(
-            f"selective_scan: z must have u's shape (batch, length, channels) = {u.shape}, "
-            f"got {z.shape}"
-        )
+        raise ValueError(f"selective_scan: z must have u's shape (batch, length, channels) = {u.shape}, got {z.shape}")
     if A.ndim != 2 or A.shape[0] != channels:
-        raise ValueError(
-            f"selective_scan: A must have shape (channels, state) = ({channels}, state), "
-            f"got {A.shape}"
-        )
+        raise ValueError(f"selective_scan: A must have shape (channels, state) = ({channels}, state), got {A.shape}")
     state = A.shape[1]
     if B.ndim not in (3, 4):
         raise ValueError(
-            "selective_scan: B must have shape (batch, length, state) or "
-            f"(batch, length, groups, state), got {B.shape}"
+            f"selective_scan: B must have shape (batch, length, state) or (batch, length, groups, state), got {B.shape}"
         )
     if B.shape[:2] != (batch, length) or B.shape[-1] != state:
         expected = f"({batch}, {length}, {state})" if B.ndim == 3 else f"({batch}, {length}, groups, {state})"
         raise ValueError(
-            f"selective_scan: B must have shape {expected} to match u {u.shape} and A {A.shape}, "
-            f"got {B.shape}"
+            f"selective_scan: B must have shape {expected} to match u {u.shape} and A {A.shape}, got {B.shape}"
         )
     if B.ndim == 4 and (B.shape[2] < 1 or channels % B.shape[2]):
-        raise ValueError(
-            f"selective_scan: the number of groups of B ({B.shape[2]}) must divide "
-            f"channels ({channels})"
-        )
+        raise ValueError(f"selective_scan: the number of groups of B ({B.shape[2]}) must divide channels ({channels})")
     if C.shape != B.shape:
         raise ValueError(f"selective_scan: C must have B's shape {B.shape}, got {C.shape}")
     for name, x in (("D", D), ("delta_bias", delta_bias)):
         if x is not None and x.shape != (channels,):
-            raise ValueError(
-                f"selective_scan: {name} must have shape (channels,) = ({channels},), got {x.shape}"
-            )
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
+            raise ValueError(f"selective_scan: {name} must have shape (channels,) = ({channels},), got {x.shape}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"selective_scan: chunk_size must be a positive int, got {chunk_size!r}")
-    if not (interpret is None or isinstance(interpret, bool)
-            or isinstance(interpret, pltpu.InterpretParams)):
+    if not (interpret is None or isinstance(interpret, bool) or isinstance(interpret, pltpu.InterpretParams)):
         raise ValueError(
-            "selective_scan: interpret must be None, True, False or a pltpu.InterpretParams, "
-            f"got {interpret!r}"
+            f"selective_scan: interpret must be None, True, False or a pltpu.InterpretParams, got {interpret!r}"
         )

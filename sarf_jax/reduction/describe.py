@@ -13,8 +13,10 @@ def describe(model, spec, img_size: int, *, in_chans: int | None = None) -> str:
 
     in_chans = in_chans if in_chans is not None else getattr(model, "in_chans", 3)
     sites = model.reduction_sites(spec) or ()
-    lines = [f"{type(model).__name__} at {img_size} px, reduction {spec}",
-             f"{'stage':>5} {'block':>5}  {'grid before':>11} -> {'after':<9} {'kept':>6}"]
+    lines = [
+        f"{type(model).__name__} at {img_size} px, reduction {spec}",
+        f"{'stage':>5} {'block':>5}  {'grid before':>11} -> {'after':<9} {'kept':>6}",
+    ]
     for site in sites:
         if site.out_hw == site.in_hw:
             continue

@@ -65,8 +65,7 @@ def check_target(method: str, in_hw, out_hw) -> None:
             if not smallest <= out <= size:
                 why = " (it merges at most one token per adjacent pair)" if method == "sarf_tome" else ""
                 raise ValueError(
-                    f"out_hw: {method} can reduce {axis}={size} to {smallest} .. {size}{why}; "
-                    f"got {axis}'={out}"
+                    f"out_hw: {method} can reduce {axis}={size} to {smallest} .. {size}{why}; got {axis}'={out}"
                 )
         return
     tokens, kept = height * width, out_h * out_w

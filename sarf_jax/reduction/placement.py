@@ -55,8 +55,9 @@ def block_sites(spec: Spec | None, depths: Sequence[int], in_hw, *, next_stage_h
     return schedules.trace(spec.schedule, depths, in_hw, method=spec.method, next_stage_hw=next_stage_hw)
 
 
-def reduce_pair(reducer: Reducer, site: schedules.Site, x: jax.Array, y: jax.Array, *, index: int = 0,
-                plans: dict | None = None):
+def reduce_pair(
+    reducer: Reducer, site: schedules.Site, x: jax.Array, y: jax.Array, *, index: int = 0, plans: dict | None = None
+):
     """Plan `site`'s reduction on the reducer's metric and apply it to both x and y (B, H, W, C).
 
     plans: when given, the plan is also stored as plans[index] (for restoring features, see
@@ -79,8 +80,8 @@ def quartermap_mixer(mixer, x: jax.Array) -> jax.Array:
 
 def split_class_token(tokens: jax.Array, position: int, hw) -> tuple[jax.Array, jax.Array]:
     """(B, H·W + 1, C) with the class token at `position` -> ((B, H, W, C) grid, (B, 1, C) token)."""
-    patches = jnp.concatenate([tokens[:, :position], tokens[:, position + 1:]], axis=1)
-    return patches.reshape(tokens.shape[0], *hw, tokens.shape[-1]), tokens[:, position:position + 1]
+    patches = jnp.concatenate([tokens[:, :position], tokens[:, position + 1 :]], axis=1)
+    return patches.reshape(tokens.shape[0], *hw, tokens.shape[-1]), tokens[:, position : position + 1]
 
 
 def join_class_token(grid: jax.Array, cls: jax.Array, position: int) -> jax.Array:

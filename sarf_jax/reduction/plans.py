@@ -83,8 +83,9 @@ def fill_nearest(index, missing: int):
     right_gap = jnp.where(right < width, right - col, far)
     take_left = left_gap <= right_gap
     row_gap = jnp.minimum(left_gap, right_gap)  # (B, H, W): distance to the row's nearest claim
-    row_value = jnp.take_along_axis(index, jnp.where(take_left, jnp.maximum(left, 0),
-                                                     jnp.minimum(right, width - 1)), axis=2)
+    row_value = jnp.take_along_axis(
+        index, jnp.where(take_left, jnp.maximum(left, 0), jnp.minimum(right, width - 1)), axis=2
+    )
     rows = jnp.arange(height, dtype=jnp.int32)
     cost = (rows[:, None] - rows[None, :])[None, :, :, None] ** 2 + row_gap[:, None, :, :] ** 2
     best_row = jnp.argmin(cost, axis=2).astype(jnp.int32)  # (B, H, W); first minimum: lower row

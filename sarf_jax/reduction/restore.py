@@ -51,8 +51,9 @@ class PositionMap:
     def then(self, plan: Plan) -> PositionMap:
         """The map after `plan`, which must take this map's reduced grid as its input."""
         if tuple(plan.in_hw) != self.grid:
-            raise ValueError(f"PositionMap.then: the plan reduces a {plan.in_hw} grid, but the "
-                             f"tracked grid is {self.grid}")
+            raise ValueError(
+                f"PositionMap.then: the plan reduces a {plan.in_hw} grid, but the tracked grid is {self.grid}"
+            )
         batch = self.index.shape[0]
         token_of = plan.restore_index().reshape(batch, -1)
         index = jnp.take_along_axis(token_of, self.index.reshape(batch, -1), axis=1)
@@ -71,8 +72,10 @@ class PositionMap:
     def restore(self, x: jax.Array) -> jax.Array:
         """(B, *grid, C) reduced map -> (B, *dense_hw, C): every position takes its token's value."""
         if x.ndim != 4 or tuple(x.shape[1:3]) != self.grid or x.shape[0] != self.index.shape[0]:
-            raise ValueError(f"PositionMap.restore: expected a (B, H, W, C) = ({self.index.shape[0]}, "
-                             f"{self.grid[0]}, {self.grid[1]}, C) map, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"PositionMap.restore: expected a (B, H, W, C) = ({self.index.shape[0]}, "
+                f"{self.grid[0]}, {self.grid[1]}, C) map, got shape {tuple(x.shape)}"
+            )
         batch, channels = x.shape[0], x.shape[-1]
         tokens = x.reshape(batch, -1, channels)
         out = jnp.take_along_axis(tokens, self.index.reshape(batch, -1, 1), axis=1)

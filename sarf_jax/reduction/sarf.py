@@ -137,8 +137,7 @@ def sarf_tome_plan(metric, out_hw, *, window: int = 5, merge: str = "sum") -> Me
     # Slots: (row, col), (row, col - 1), (row - 1, col'), (row - 1, col' - 1), where each row-stage
     # token (row, col) may hold col - 1 too and the column stage may add row - 1 to row.
     index, valid = [], []
-    for row, row_valid in ((row_keep, jnp.ones_like(row_absorbs)),
-                           (jnp.maximum(row_keep - 1, 0), row_absorbs)):
+    for row, row_valid in ((row_keep, jnp.ones_like(row_absorbs)), (jnp.maximum(row_keep - 1, 0), row_absorbs)):
         col = jnp.take_along_axis(rows.keep, row, axis=1)  # (B, H', W') source column in that row
         col_absorbs = jnp.take_along_axis(rows.absorbs, row, axis=1)
         index += [row * width + col, row * width + jnp.maximum(col - 1, 0)]
@@ -184,4 +183,3 @@ def sarf_evit_plan(metric, out_hw, *, window: int = 5) -> GatherPlan:
     rows = jnp.swapaxes(keep_h, 1, 2)  # (B, H', W')
     cols = jnp.take_along_axis(keep_w, rows, axis=1)
     return GatherPlan(index=(rows * width + cols).astype(jnp.int32), in_hw=(height, width))
-

@@ -196,8 +196,7 @@ Schedule = PruneTable | TargetTable | KeepSchedule
 
 
 def _valid_names() -> str:
-    return (", ".join(NAMES) + ", hybrid_1p1 .. hybrid_5p1 (tiny or _sb by depths), "
-            "keep=<ratio>[,sites=<N>]")
+    return ", ".join(NAMES) + ", hybrid_1p1 .. hybrid_5p1 (tiny or _sb by depths), keep=<ratio>[,sites=<N>]"
 
 
 def parse(schedule) -> str | Schedule:

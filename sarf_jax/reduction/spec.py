@@ -29,9 +29,7 @@ MERGES = ("sum", "mean")
 
 def _check_window(window) -> None:
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(
-            f"window: expected an int >= 1 (tokens for sarf_evit, pairs for sarf_tome), got {window!r}"
-        )
+        raise ValueError(f"window: expected an int >= 1 (tokens for sarf_evit, pairs for sarf_tome), got {window!r}")
 
 
 def _check_merge(merge) -> None:
@@ -62,7 +60,7 @@ class Reducer:
 
     @property
     def metric_source(self) -> str:
-        """"block_input" or "mixer_output": which tensor the block must pass as `metric`."""
+        """ "block_input" or "mixer_output": which tensor the block must pass as `metric`."""
         if self.method not in METRIC_SOURCE:
             raise ValueError(f"method {self.method!r} does not plan; it has no metric")
         return METRIC_SOURCE[self.method]
@@ -97,8 +95,9 @@ class Reducer:
         return baselines.random_plan(metric, out_hw, key)
 
 
-def reduce_grid(x, *, method: str, out_hw, metric=None, window: int = 5, merge: str = "sum",
-                tome_prune: bool = False, key=None):
+def reduce_grid(
+    x, *, method: str, out_hw, metric=None, window: int = 5, merge: str = "sum", tome_prune: bool = False, key=None
+):
     """Reduce a (B, H, W, C) grid to (B, *out_hw, C) in one call, planning on `metric` (default x).
 
     The methods' official metrics differ (see `Reducer.metric_source`): pass the mixer output as

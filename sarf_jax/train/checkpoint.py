@@ -30,12 +30,19 @@ class Checkpointer:
         self.directory = self.workdir / "checkpoints"
         self.manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True,
-                                                 cleanup_tmp_directories=True))
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True
+            ),
+        )
 
     def save(self, step: int, state: dict, data_iterator) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)), force=True)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
+            ),
+            force=True,
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -45,14 +52,23 @@ class Checkpointer:
         or (None, None) when there is none."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    data=grain.checkpoint.CheckpointRestore(data_iterator)))
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state),
+                        data=grain.checkpoint.CheckpointRestore(data_iterator),
+                    ),
+                )
             except Exception as error:  # noqa: BLE001 - any read failure means "skip this one"
                 aside = self.workdir / "unreadable_checkpoints" / f"{step}-{int(time.time())}"
-                logging.warning("checkpoint at step %d in %s is unreadable (%s: %s); moved to %s, "
-                                "trying the previous one", step, self.directory, type(error).__name__,
-                                str(error).splitlines()[0] if str(error) else "", aside)
+                logging.warning(
+                    "checkpoint at step %d in %s is unreadable (%s: %s); moved to %s, trying the previous one",
+                    step,
+                    self.directory,
+                    type(error).__name__,
+                    str(error).splitlines()[0] if str(error) else "",
+                    aside,
+                )
                 self._set_aside(step, aside)
                 continue
             return restored.state, step

@@ -24,19 +24,31 @@ def validate(config) -> None:
     _require(_positive_int(config.batch_size), "batch_size", config.batch_size, "a positive int (global batch)")
     _require(_positive_int(config.total_steps), "total_steps", config.total_steps, "a positive int")
     _require(_positive_int(config.grad_accum_steps), "grad_accum_steps", config.grad_accum_steps, "a positive int")
-    _require(config.batch_size % config.grad_accum_steps == 0, "grad_accum_steps", config.grad_accum_steps,
-             f"a divisor of batch_size ({config.batch_size})")
+    _require(
+        config.batch_size % config.grad_accum_steps == 0,
+        "grad_accum_steps",
+        config.grad_accum_steps,
+        f"a divisor of batch_size ({config.batch_size})",
+    )
     _require(_positive_int(config.eval_batch_size), "eval_batch_size", config.eval_batch_size, "a positive int")
     _require(_positive_int(config.checkpoint_every), "checkpoint_every", config.checkpoint_every, "a positive int")
     _require(_positive_int(config.keep_checkpoints), "keep_checkpoints", config.keep_checkpoints, "a positive int")
     _require(_positive_int(config.log_every), "log_every", config.log_every, "a positive int")
-    _require(isinstance(config.eval_every, int) and config.eval_every >= 0, "eval_every", config.eval_every,
-             "a non-negative int (0: evaluate only at the end)")
+    _require(
+        isinstance(config.eval_every, int) and config.eval_every >= 0,
+        "eval_every",
+        config.eval_every,
+        "a non-negative int (0: evaluate only at the end)",
+    )
     opt = config.optimizer
     _require(opt.lr > 0, "optimizer.lr", opt.lr, "> 0")
     _require(0 <= opt.min_lr <= opt.lr, "optimizer.min_lr", opt.min_lr, f"in [0, optimizer.lr={opt.lr}]")
-    _require(isinstance(opt.warmup_steps, int) and opt.warmup_steps >= 0, "optimizer.warmup_steps",
-             opt.warmup_steps, "a non-negative int")
+    _require(
+        isinstance(opt.warmup_steps, int) and opt.warmup_steps >= 0,
+        "optimizer.warmup_steps",
+        opt.warmup_steps,
+        "a non-negative int",
+    )
     _require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, ">= 0")
     _require(0 <= opt.b1 < 1, "optimizer.b1", opt.b1, "in [0, 1)")
     _require(0 <= opt.b2 < 1, "optimizer.b2", opt.b2, "in [0, 1)")
@@ -57,9 +69,17 @@ def validate_parallelism(config, *, data_parallel: int, process_count: int) -> N
     """Batch sizes must split evenly over the data-parallel devices and the hosts."""
     for field in ("batch_size", "eval_batch_size"):
         value = config[field]
-        _require(value % data_parallel == 0, field, value,
-                 f"divisible by the data-parallel size mesh.data x mesh.fsdp = {data_parallel}")
+        _require(
+            value % data_parallel == 0,
+            field,
+            value,
+            f"divisible by the data-parallel size mesh.data x mesh.fsdp = {data_parallel}",
+        )
         _require(value % process_count == 0, field, value, f"divisible by the number of processes ({process_count})")
     micro = config.batch_size // config.grad_accum_steps
-    _require(micro % data_parallel == 0, "grad_accum_steps", config.grad_accum_steps,
-             f"such that batch_size / grad_accum_steps ({micro}) is divisible by the data-parallel size {data_parallel}")
+    _require(
+        micro % data_parallel == 0,
+        "grad_accum_steps",
+        config.grad_accum_steps,
+        f"such that batch_size / grad_accum_steps ({micro}) is divisible by the data-parallel size {data_parallel}",
+    )

@@ -43,9 +43,14 @@ def _say(message: str) -> None:
 
 def evaluate(evaluator: sharded.Evaluator, setup, weights, model_state, source, config) -> dict:
     """Top-1 / top-5 accuracy and mean loss of `weights` (params or EMA) on the whole of `source`."""
-    batches = data_lib.eval_iterator(source, config.data, global_batch_size=config.eval_batch_size,
-                                     process_index=jax.process_index(), process_count=jax.process_count(),
-                                     channels=np.shape(source[0]["image"])[-1])
+    batches = data_lib.eval_iterator(
+        source,
+        config.data,
+        global_batch_size=config.eval_batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        channels=np.shape(source[0]["image"])[-1],
+    )
     scores = evaluator((weights, setup.rng_state, model_state), batches, reduction_lib.parse_spec(config.reduction))
     return {"accuracy": scores["top1"], "top5": scores["top5"], "loss": scores["loss"]}
 
@@ -54,13 +59,19 @@ def prepare(config, devices=None):
     """All checks and constructions that need no writing: (mesh, sources, model spec)."""
     config_lib.validate(config)
     mesh = parallel.make_mesh(config.mesh, devices)
-    config_lib.validate_parallelism(config, data_parallel=parallel.data_parallel_size(mesh),
-                                    process_count=jax.process_count())
+    config_lib.validate_parallelism(
+        config, data_parallel=parallel.data_parallel_size(mesh), process_count=jax.process_count()
+    )
     train_source = data_lib.make_source(config.data, config.data.train_split)
     eval_source = data_lib.make_source(config.data, config.data.eval_split)
     in_chans = int(np.shape(train_source[0]["image"])[-1])
-    spec = ModelSpec(config.model.name, int(train_source.num_classes), config.data.image_size, in_chans,
-                     config.model.overrides.to_dict())
+    spec = ModelSpec(
+        config.model.name,
+        int(train_source.num_classes),
+        config.data.image_size,
+        in_chans,
+        config.model.overrides.to_dict(),
+    )
     try:
         model = nnx.eval_shape(lambda: spec.build(seed=config.seed, dtype=config.dtype))
     except (TypeError, ValueError) as error:
@@ -70,8 +81,10 @@ def prepare(config, devices=None):
     except (TypeError, ValueError) as error:
         raise ValueError(f"config.reduction={config.reduction!r}: {error}") from error
     if config.init_from and not epath.Path(config.init_from, "model.json").exists():
-        raise ValueError(f"config.init_from={config.init_from!r} has no model.json (expected a model "
-                         "directory from save_pretrained / sarf_jax.convert, or a training workdir)")
+        raise ValueError(
+            f"config.init_from={config.init_from!r} has no model.json (expected a model "
+            "directory from save_pretrained / sarf_jax.convert, or a training workdir)"
+        )
     return mesh, train_source, eval_source, spec
 
 
@@ -81,9 +94,15 @@ def write_run_files(workdir: epath.Path, config, spec: ModelSpec) -> None:
         return
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-    pretrained.write_model_info(workdir, name=spec.name, num_classes=spec.num_classes, img_size=spec.img_size,
-                                in_chans=spec.in_chans, overrides=spec.overrides,
-                                source={"trained_with": "train.py", "data": config.data.name})
+    pretrained.write_model_info(
+        workdir,
+        name=spec.name,
+        num_classes=spec.num_classes,
+        img_size=spec.img_size,
+        in_chans=spec.in_chans,
+        overrides=spec.overrides,
+        source={"trained_with": "train.py", "data": config.data.name},
+    )
 
 
 def train_and_evaluate(config, workdir, *, devices=None) -> dict:
@@ -97,9 +116,14 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
     batch_sharding = parallel.batch_sharding(mesh)
     with jax.set_mesh(mesh):
         state, setup = init_train_state(spec, config, tx, mesh)
-    train_iterator = data_lib.train_iterator(train_source, config.data, global_batch_size=config.batch_size,
-                                             seed=config.seed, process_index=jax.process_index(),
-                                             process_count=jax.process_count())
+    train_iterator = data_lib.train_iterator(
+        train_source,
+        config.data,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
     restored, restored_step = checkpointer.restore_latest(setup.abstract_state, train_iterator)
     if restored is None:
@@ -111,15 +135,16 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
         _say(f"resumed from step {restored_step}")
 
     stats = dict(mean=train_source.mean, std=train_source.std)
-    train_step = make_train_step(setup, config, tx, schedule, num_classes=spec.num_classes,
-                                 batch_sharding=batch_sharding, **stats)
+    train_step = make_train_step(
+        setup, config, tx, schedule, num_classes=spec.num_classes, batch_sharding=batch_sharding, **stats
+    )
     evaluator = sharded.Evaluator(setup.graphdef, mesh, preprocess=functools.partial(data_lib.normalize, **stats))
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     step = int(jax.device_get(state["step"]))
     progress = ProgressBar(config.total_steps, step, enabled=config.progress_bar and jax.process_index() == 0)
     preemption = PreemptionWatcher()
     throughput = Throughput(step)
-    pending, window = None, []   # metrics of the last dispatched step; train metrics since the last log
+    pending, window = None, []  # metrics of the last dispatched step; train metrics since the last log
 
     def check(metrics_step: int, metrics) -> None:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -128,13 +153,15 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
             raise FloatingPointError(
                 f"non-finite loss {values['loss']} (grad norm {values['grad_norm']}) at step {metrics_step}: "
                 f"training stopped; the update was not applied and nothing was saved. Last good checkpoint: "
-                f"{'none' if last is None else f'step {last}'} in {checkpointer.directory}")
+                f"{'none' if last is None else f'step {last}'} in {checkpointer.directory}"
+            )
         window.append(values)
         progress.update(loss=values["loss"])
         if metrics_step % config.log_every == 0 or metrics_step == config.total_steps:
             averaged = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "accuracy", "grad_norm")}
-            writer.write(metrics_step, "train", {**averaged, "lr": values["lr"],
-                                                 "steps_per_sec": throughput(metrics_step)})
+            writer.write(
+                metrics_step, "train", {**averaged, "lr": values["lr"], "steps_per_sec": throughput(metrics_step)}
+            )
             window.clear()
 
     try:
@@ -146,8 +173,10 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
                 if checkpointer.latest_step() != step:
                     checkpointer.save(step, state, train_iterator)
                 checkpointer.wait()
-                _say(f"preempted: saved a checkpoint at step {step} in {checkpointer.directory}; "
-                     "run the same command to resume")
+                _say(
+                    f"preempted: saved a checkpoint at step {step} in {checkpointer.directory}; "
+                    "run the same command to resume"
+                )
                 return {"preempted_at_step": step}
             batch = sharded.global_batch(next(train_iterator), batch_sharding)
             state, metrics = train_step(state, batch)
@@ -156,20 +185,27 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
             step += 1
             pending = (step, metrics)
             if step % config.checkpoint_every == 0 or step == config.total_steps:
-                check(*pending)          # never save the state of a non-finite step
+                check(*pending)  # never save the state of a non-finite step
                 pending = None
                 checkpointer.save(step, state, train_iterator)
             if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
-                writer.write(step, "eval", evaluate(evaluator, setup, state["params"], state["model_state"],
-                                                    eval_source, config))
+                writer.write(
+                    step, "eval", evaluate(evaluator, setup, state["params"], state["model_state"], eval_source, config)
+                )
         if pending is not None:
             check(*pending)
         progress.close()
         results = {}
         for prefix, weights in (("eval_", "params"), ("ema_eval_", "ema")):
             if weights in state:
-                results.update({prefix + k: v for k, v in evaluate(evaluator, setup, state[weights],
-                                                                    state["model_state"], eval_source, config).items()})
+                results.update(
+                    {
+                        prefix + k: v
+                        for k, v in evaluate(
+                            evaluator, setup, state[weights], state["model_state"], eval_source, config
+                        ).items()
+                    }
+                )
         writer.write(step, "final", results)
         _say("final: " + json.dumps({k: round(float(v), 4) for k, v in results.items()}))
         return results

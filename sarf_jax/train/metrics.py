@@ -50,9 +50,16 @@ class ProgressBar:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0,
-                            smoothing=0.1, file=sys.stderr, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} "
-                            "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                unit="step",
+                dynamic_ncols=True,
+                mininterval=1.0,
+                smoothing=0.1,
+                file=sys.stderr,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+            )
 
     def update(self, steps: int = 1, **postfix) -> None:
         if self.bar is not None:

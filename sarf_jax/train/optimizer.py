@@ -35,15 +35,24 @@ def learning_rate_schedule(optimizer_config, total_steps: int) -> optax.Schedule
     """0 -> lr linearly over warmup_steps, then cosine to min_lr at total_steps."""
     warmup = min(optimizer_config.warmup_steps, total_steps)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=optimizer_config.lr, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=optimizer_config.min_lr)
+        init_value=0.0,
+        peak_value=optimizer_config.lr,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=optimizer_config.min_lr,
+    )
 
 
 def make_optimizer(optimizer_config, total_steps: int) -> optax.GradientTransformation:
     """clip_by_global_norm(grad_clip) (when > 0), then AdamW with the decay mask."""
-    adamw = optax.adamw(learning_rate_schedule(optimizer_config, total_steps), b1=optimizer_config.b1,
-                        b2=optimizer_config.b2, eps=optimizer_config.eps,
-                        weight_decay=optimizer_config.weight_decay, mask=weight_decay_mask)
+    adamw = optax.adamw(
+        learning_rate_schedule(optimizer_config, total_steps),
+        b1=optimizer_config.b1,
+        b2=optimizer_config.b2,
+        eps=optimizer_config.eps,
+        weight_decay=optimizer_config.weight_decay,
+        mask=weight_decay_mask,
+    )
     if optimizer_config.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(optimizer_config.grad_clip), adamw)
     return adamw

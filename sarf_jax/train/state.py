@@ -32,9 +32,15 @@ class ModelSpec:
 
     def build(self, *, seed: int, dtype: str = "float32") -> nnx.Module:
         extra = {} if dtype == "float32" else {"dtype": jnp.dtype(dtype)}
-        return models.create(self.name, num_classes=self.num_classes, img_size=self.img_size,
-                             in_chans=self.in_chans, rngs=nnx.Rngs(params=seed, dropout=seed + 1),
-                             **self.overrides, **extra)
+        return models.create(
+            self.name,
+            num_classes=self.num_classes,
+            img_size=self.img_size,
+            in_chans=self.in_chans,
+            rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+            **self.overrides,
+            **extra,
+        )
 
 
 def split_model(model: nnx.Module):
@@ -58,8 +64,12 @@ def init_train_state(spec: ModelSpec, config, tx: optax.GradientTransformation, 
 
     def init():
         _, params, rng_state, model_state = split_model(spec.build(seed=config.seed, dtype=config.dtype))
-        state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": model_state,
-                 "opt_state": tx.init(params)}
+        state = {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "model_state": model_state,
+            "opt_state": tx.init(params),
+        }
         if config.ema_decay > 0:
             state["ema"] = jax.tree.map(jnp.copy, params)
         return state, rng_state
@@ -69,8 +79,7 @@ def init_train_state(spec: ModelSpec, config, tx: optax.GradientTransformation, 
     rng_shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_rngs)
     state, rng_state = jax.jit(init, out_shardings=(shardings, rng_shardings))()
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: spec.build(seed=config.seed, dtype=config.dtype)))
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            abstract_state, shardings)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
     return state, Setup(graphdef, rng_state, shardings, abstract)
 
 
@@ -81,8 +90,10 @@ def load_initial_params(state: dict, setup: Setup, directory: str) -> dict:
     expected = jax.tree.map(lambda x: (x.shape, x.dtype), state["params"])
     found = jax.tree.map(lambda x: (x.shape, x.dtype), params)
     if jax.tree.structure(expected) != jax.tree.structure(found) or expected != found:
-        raise ValueError(f"config.init_from={directory!r}: its weights do not fit the configured model "
-                         "(different variant, overrides, classes or image size)")
+        raise ValueError(
+            f"config.init_from={directory!r}: its weights do not fit the configured model "
+            "(different variant, overrides, classes or image size)"
+        )
     params = jax.device_put(params, setup.state_shardings["params"])
     state = dict(state, params=params)
     if "ema" in state:

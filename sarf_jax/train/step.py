@@ -43,8 +43,9 @@ def apply_model(setup, params, model_state, images, *, train: bool, key=None, re
     return logits.astype(jnp.float32), split_model(model)[3]
 
 
-def make_train_step(setup, config, tx: optax.GradientTransformation, schedule, *, num_classes: int,
-                    mean, std, batch_sharding):
+def make_train_step(
+    setup, config, tx: optax.GradientTransformation, schedule, *, num_classes: int, mean, std, batch_sharding
+):
     """jitted (state, batch) -> (state, metrics); the state is donated."""
     accum = config.grad_accum_steps
     base_key = jax.random.key(config.seed)
@@ -52,8 +53,7 @@ def make_train_step(setup, config, tx: optax.GradientTransformation, schedule, *
     reduction = parse_spec(config.reduction)
 
     def loss_fn(params, model_state, images, targets, key):
-        logits, model_state = apply_model(setup, params, model_state, images, train=True, key=key,
-                                          reduction=reduction)
+        logits, model_state = apply_model(setup, params, model_state, images, train=True, key=key, reduction=reduction)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
         return loss, (logits, model_state)
 
@@ -64,13 +64,19 @@ def make_train_step(setup, config, tx: optax.GradientTransformation, schedule, *
         images = normalize(batch["image"], mean, std)
         labels = batch["label"]
         targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), config.label_smoothing)
-        images, targets = mixup_cutmix(jax.random.fold_in(step_key, 0), images, targets,
-                                       mixup_alpha=data.mixup_alpha, cutmix_alpha=data.cutmix_alpha,
-                                       switch_prob=data.mix_switch_prob)
+        images, targets = mixup_cutmix(
+            jax.random.fold_in(step_key, 0),
+            images,
+            targets,
+            mixup_alpha=data.mixup_alpha,
+            cutmix_alpha=data.cutmix_alpha,
+            switch_prob=data.mix_switch_prob,
+        )
         params = state["params"]
         if accum == 1:
-            (loss, (logits, model_state)), grads = grad_fn(params, state["model_state"], images, targets,
-                                                           jax.random.fold_in(step_key, 1))
+            (loss, (logits, model_state)), grads = grad_fn(
+                params, state["model_state"], images, targets, jax.random.fold_in(step_key, 1)
+            )
             correct = jnp.sum(jnp.argmax(logits, -1) == labels)
         else:
             # micro-batch i = rows i, i + accum, ...: each device keeps its own rows (no resharding)
@@ -81,7 +87,8 @@ def make_train_step(setup, config, tx: optax.GradientTransformation, schedule, *
                 grads_sum, loss_sum, correct_sum, model_state = carry
                 index, images, targets, labels = inputs
                 (loss, (logits, model_state)), grads = grad_fn(
-                    params, model_state, images, targets, jax.random.fold_in(step_key, 1 + index))
+                    params, model_state, images, targets, jax.random.fold_in(step_key, 1 + index)
+                )
                 grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
                 correct_sum = correct_sum + jnp.sum(jnp.argmax(logits, -1) == labels)
                 return (grads_sum, loss_sum + loss, correct_sum, model_state), None
@@ -96,16 +103,28 @@ def make_train_step(setup, config, tx: optax.GradientTransformation, schedule, *
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
-        new_state = {"step": state["step"] + 1, "params": new_params, "model_state": model_state,
-                     "opt_state": opt_state}
+        new_state = {
+            "step": state["step"] + 1,
+            "params": new_params,
+            "model_state": model_state,
+            "opt_state": opt_state,
+        }
         if "ema" in state:
             decay = config.ema_decay
             new_state["ema"] = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state["ema"], new_params)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-        metrics = {"loss": loss, "accuracy": correct / labels.shape[0], "grad_norm": grad_norm,
-                   "lr": schedule(state["step"])}
+        metrics = {
+            "loss": loss,
+            "accuracy": correct / labels.shape[0],
+            "grad_norm": grad_norm,
+            "lr": schedule(state["step"]),
+        }
         return new_state, metrics
 
-    return jax.jit(train_step, in_shardings=(setup.state_shardings, batch_sharding),
-                   out_shardings=(setup.state_shardings, None), donate_argnums=0)
+    return jax.jit(
+        train_step,
+        in_shardings=(setup.state_shardings, batch_sharding),
+        out_shardings=(setup.state_shardings, None),
+        donate_argnums=0,
+    )

@@ -22,8 +22,14 @@ VIM_FIXTURE_SIZE = ["--img_size=32", "--override=patch_size=8", "--override=embe
 
 def run_cli(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "sarf_jax.convert", *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "sarf_jax.convert", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +38,16 @@ def vim_checkpoint(tmp_path_factory):
     arrays, _ = read_fixture("vim")
     weights = {k: torch.tensor(v) for k, v in official_state_dict(arrays).items()}
     path = tmp_path_factory.mktemp("official") / "vim_fixture.pth"
-    torch.save({"model": weights, "model_ema": {k: v + 1 for k, v in weights.items()}, "epoch": 3,
-                "args": argparse.Namespace(model="vim_tiny", lr=5e-4), "scaler": "none"}, path)
+    torch.save(
+        {
+            "model": weights,
+            "model_ema": {k: v + 1 for k, v in weights.items()},
+            "epoch": 3,
+            "args": argparse.Namespace(model="vim_tiny", lr=5e-4),
+            "scaler": "none",
+        },
+        path,
+    )
     return path, arrays
 
 
@@ -75,11 +89,13 @@ def test_mismatched_checkpoints_and_unknown_models_are_refused_and_nothing_is_wr
 def test_cli_errors_are_one_line_with_exit_status_2(tmp_path):
     result = run_cli("--model=vim_tiny", f"--torch_checkpoint={tmp_path / 'absent.pth'}", f"--out={tmp_path / 'out'}")
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        f"sarf_jax.convert: error: --torch_checkpoint: no such file {tmp_path / 'absent.pth'}"]
+        f"sarf_jax.convert: error: --torch_checkpoint: no such file {tmp_path / 'absent.pth'}"
+    ]
     result = run_cli("--model=vim_tiny")
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "sarf_jax.convert: error: flag --torch_checkpoint=None: Flag --torch_checkpoint must have a value other "
-        "than None.; flag --out=None: Flag --out must have a value other than None."]
+        "than None.; flag --out=None: Flag --out must have a value other than None."
+    ]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -20,9 +20,19 @@ def test_converts_an_mmcv_plainmamba_checkpoint_to_the_same_logits(tmp_path):
     buffers = ("running_mean", "running_var", "num_batches_tracked")  # the EMA hook copies parameters only
     ema = {"ema_" + k.replace(".", "_"): v.clone() for k, v in weights.items() if not k.endswith(buffers)}
     path = tmp_path / "l1.pth"
-    torch.save({"meta": {"mmcv_version": "1.7.0", "epoch": 300, "config": "model = dict(type='ImageClassifier')",
-                         "CLASSES": ["a", "b"]},
-                "state_dict": {**weights, **ema}, "optimizer": {"state": {}, "param_groups": []}}, path)
+    torch.save(
+        {
+            "meta": {
+                "mmcv_version": "1.7.0",
+                "epoch": 300,
+                "config": "model = dict(type='ImageClassifier')",
+                "CLASSES": ["a", "b"],
+            },
+            "state_dict": {**weights, **ema},
+            "optimizer": {"state": {}, "param_groups": []},
+        },
+        path,
+    )
     out = tmp_path / "converted"
     convert("plainmamba_l1", path, out, **FIXTURE_SIZE)
     model, info = load_pretrained(out, with_info=True)

@@ -26,15 +26,21 @@ def test_num_classes_defaults_to_the_heads_rows(family):
     assert classes == 10 and head_classes(family, state_dict) == 10
     inferred = from_official(family, kwargs, state_dict)
     given = from_official(family, {**kwargs, "num_classes": classes}, state_dict)
-    jax.tree.map(np.testing.assert_array_equal, nnx.state(inferred, (nnx.Param, nnx.BatchStat)),
-                 nnx.state(given, (nnx.Param, nnx.BatchStat)))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        nnx.state(inferred, (nnx.Param, nnx.BatchStat)),
+        nnx.state(given, (nnx.Param, nnx.BatchStat)),
+    )
 
 
 @pytest.mark.parametrize("family", sorted(HEADS))
 def test_num_classes_that_the_head_contradicts_is_refused(family):
     kwargs, state_dict, _ = fixture_kwargs_and_state_dict(family)
-    with pytest.raises(ValueError, match=rf"num_classes=1000, but the {family} state dict's head "
-                                         rf"\({HEADS[family]}\) has 10 rows"):
+    with pytest.raises(
+        ValueError,
+        match=rf"num_classes=1000, but the {family} state dict's head "
+        rf"\({HEADS[family]}\) has 10 rows",
+    ):
         from_official(family, {**kwargs, "num_classes": 1000}, state_dict)
 
 

@@ -18,8 +18,16 @@ def source(n=20, size=8):
 
 
 def config(**fields):
-    base = dict(image_size=8, train_crop="pad_crop", pad=1, flip=True, randaugment="", eval_crop_pct=1.0,
-                num_threads=2, prefetch=2)
+    base = dict(
+        image_size=8,
+        train_crop="pad_crop",
+        pad=1,
+        flip=True,
+        randaugment="",
+        eval_crop_pct=1.0,
+        num_threads=2,
+        prefetch=2,
+    )
     return ml_collections.ConfigDict({**base, **fields})
 
 
@@ -41,8 +49,10 @@ def test_training_stream_is_deterministic_and_reshuffles_each_epoch():
 
 def test_hosts_together_see_exactly_the_single_host_batch():
     single = take(train_iterator(source(), config(), global_batch_size=6, seed=0), 4)
-    hosts = [take(train_iterator(source(), config(), global_batch_size=6, seed=0, process_index=p,
-                                 process_count=3), 4) for p in range(3)]
+    hosts = [
+        take(train_iterator(source(), config(), global_batch_size=6, seed=0, process_index=p, process_count=3), 4)
+        for p in range(3)
+    ]
     for step in range(4):
         for field in ("image", "label"):
             together = np.concatenate([hosts[p][step][field] for p in range(3)])
@@ -61,8 +71,10 @@ def test_iterator_state_restores_the_position():
 
 
 def test_eval_pass_covers_every_example_once_with_masked_padding():
-    halves = [list(eval_iterator(source(n=10), config(), global_batch_size=4, channels=1, process_index=p,
-                                 process_count=2)) for p in range(2)]
+    halves = [
+        list(eval_iterator(source(n=10), config(), global_batch_size=4, channels=1, process_index=p, process_count=2))
+        for p in range(2)
+    ]
     batches = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*halves)]
     assert len(batches) == 3
     mask = np.concatenate([b["mask"] for b in batches])
@@ -81,9 +93,11 @@ def test_imagenet_eval_resizes_shorter_side_to_256_and_center_crops_224():
 
 def test_train_crops_and_randaugment_keep_shape_and_are_seeded():
     image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
-    for crop in (lambda r: augment.random_resized_crop(image, 32, r),
-                 lambda r: augment.pad_random_crop(image, 32, 4, r),
-                 lambda r: augment.rand_augment(image, r, 3, 9)):
+    for crop in (
+        lambda r: augment.random_resized_crop(image, 32, r),
+        lambda r: augment.pad_random_crop(image, 32, 4, r),
+        lambda r: augment.rand_augment(image, r, 3, 9),
+    ):
         a, b = crop(np.random.default_rng(5)), crop(np.random.default_rng(5))
         np.testing.assert_array_equal(a, b)
         assert a.dtype == np.uint8 and a.shape[-1] == 3
@@ -97,8 +111,9 @@ def test_mixup_cutmix_mixes_images_and_targets_with_the_same_weight(mixup_alpha,
     images = jnp.stack([jnp.full((6, 6, 1), float(i)) for i in range(4)])
     targets = jax.nn.one_hot(jnp.arange(4), 4)
     for seed in range(3):
-        mixed, mixed_targets = mixup_cutmix(jax.random.key(seed), images, targets, mixup_alpha=mixup_alpha,
-                                            cutmix_alpha=cutmix_alpha)
+        mixed, mixed_targets = mixup_cutmix(
+            jax.random.key(seed), images, targets, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha
+        )
         np.testing.assert_allclose(mixed_targets.sum(-1), 1.0, rtol=1e-6)
         lam = float(mixed_targets[0, 0])  # sample 0 is mixed with sample 3
         np.testing.assert_allclose(float(mixed[0].mean()), 3 * (1 - lam), atol=1e-5)

@@ -11,8 +11,9 @@ from sarf_jax.data.sources import FASHION_MNIST_FILES
 
 
 def data_config(**fields):
-    config = ml_collections.ConfigDict(dict(name="fashion_mnist", dir="", image_size=28,
-                                            synthetic=dict(size=40, channels=3, num_classes=5, seed=1)))
+    config = ml_collections.ConfigDict(
+        dict(name="fashion_mnist", dir="", image_size=28, synthetic=dict(size=40, channels=3, num_classes=5, seed=1))
+    )
     config.update(fields)
     return config
 

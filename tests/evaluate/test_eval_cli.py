@@ -22,15 +22,26 @@ def run(*args, timeout=600):
 def trained_workdir(tmp_path_factory):
     """A tiny vim_mini trained for a few steps on synthetic data (tests/train/tiny_config.py)."""
     workdir = tmp_path_factory.mktemp("run") / "tiny"
-    result = run("train.py", "--config=tests/train/tiny_config.py", f"--workdir={workdir}",
-                 "--config.model.overrides.depth=3", "--config.data.mixup_alpha=0", "--config.data.cutmix_alpha=0")
+    result = run(
+        "train.py",
+        "--config=tests/train/tiny_config.py",
+        f"--workdir={workdir}",
+        "--config.model.overrides.depth=3",
+        "--config.data.mixup_alpha=0",
+        "--config.data.cutmix_alpha=0",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return workdir
 
 
 def test_eval_writes_results_for_raw_and_ema_weights_and_resumes(trained_workdir):
-    args = ["eval.py", f"--workdir={trained_workdir}", "--reduction=sarf_tome:keep=0.7,sites=1",
-            "--reduction=evit:keep=0.7,sites=1", "--batch_size=8"]
+    args = [
+        "eval.py",
+        f"--workdir={trained_workdir}",
+        "--reduction=sarf_tome:keep=0.7,sites=1",
+        "--reduction=evit:keep=0.7,sites=1",
+        "--batch_size=8",
+    ]
     first = run(*args)
     assert first.returncode == 0, first.stderr[-2000:]
     for name in ("results.json", "results.csv", "results.md", "accuracy_vs_gflops.png"):
@@ -38,8 +49,9 @@ def test_eval_writes_results_for_raw_and_ema_weights_and_resumes(trained_workdir
     results = json.loads((trained_workdir / "results.json").read_text())
     assert results["complete"]
     entries = {(e["weights"], e["reduction"]): e for e in results["entries"]}
-    assert set(entries) == {(w, r) for w in ("raw", "ema")
-                            for r in ("none", "sarf_tome:keep=0.7,sites=1", "evit:keep=0.7,sites=1")}
+    assert set(entries) == {
+        (w, r) for w in ("raw", "ema") for r in ("none", "sarf_tome:keep=0.7,sites=1", "evit:keep=0.7,sites=1")
+    }
     for (weights, label), entry in entries.items():
         assert 0.0 <= entry["top1"] <= entry["top5"] <= 1.0 and entry["examples"] == 16
         if label != "none":
@@ -66,10 +78,26 @@ def test_two_processes_read_a_training_workdir_and_match_its_final_evaluation(tr
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1")
-    processes = [subprocess.Popen(
-        [sys.executable, "eval.py", f"--workdir={workdir}", "--batch_size=8", "--weights=params",
-         f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for i in range(2)]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "eval.py",
+                f"--workdir={workdir}",
+                "--batch_size=8",
+                "--weights=params",
+                f"--coordinator_address={address}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for i in range(2)
+    ]
     for process in processes:
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-3000:]
@@ -104,8 +132,13 @@ def test_a_model_directory_without_training_config_is_evaluated_at_its_own_image
     kwargs = dict(num_classes=10, img_size=20, in_chans=1)
     model = models.create("vim_mini", rngs=nnx.Rngs(0), depth=2, **kwargs)
     save_pretrained(tmp_path / "converted", model, name="vim_mini", overrides={"depth": 2}, **kwargs)
-    result = run("eval.py", f"--workdir={tmp_path / 'converted'}", "--data=synthetic", "--batch_size=64",
-                 "--reduction=sarf_tome:keep=0.7,sites=1")
+    result = run(
+        "eval.py",
+        f"--workdir={tmp_path / 'converted'}",
+        "--data=synthetic",
+        "--batch_size=64",
+        "--reduction=sarf_tome:keep=0.7,sites=1",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     results = json.loads((tmp_path / "converted" / "results.json").read_text())
     assert results["complete"] and results["meta"]["img_size"] == 20

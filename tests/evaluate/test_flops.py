@@ -18,24 +18,26 @@ def spec(*shape):
 def test_matmul_and_convolution_count_one_per_multiply_accumulate():
     assert count_flops(lambda a, b: jnp.tanh(a @ b), spec(2, 5, 7), spec(7, 3)) == 2 * 5 * 7 * 3
     conv = lambda x, w: jax.lax.conv_general_dilated(
-        x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2)
+        x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=2
+    )
     # output 1 x 4 x 4 x 6, each output reads a 3 x 3 window of 8 / 2 input channels
     assert count_flops(conv, spec(1, 8, 8, 8), spec(3, 3, 4, 6)) == 4 * 4 * 6 * 3 * 3 * 4
 
 
 @pytest.mark.parametrize("impl", ["reference", "chunked", "associative", "pallas_tpu", "pallas_gpu"])
 def test_selective_scan_counts_nine_bldn_plus_d_and_z(impl):
-    b, l, d, n = 2, 10, 6, 4
+    b, length, d, n = 2, 10, 6, 4
     bare = lambda u, delta, A, B, C: selective_scan(u, delta, A, B, C, impl=impl)
     full = lambda u, delta, A, B, C, D, z: selective_scan(u, delta, A, B, C, D, z, impl=impl)
-    args = (spec(b, l, d), spec(b, l, d), spec(d, n), spec(b, l, n), spec(b, l, n))
-    assert count_flops(bare, *args) == 9 * b * l * d * n
-    assert count_flops(full, *args, spec(d), spec(b, l, d)) == 9 * b * l * d * n + 2 * b * l * d
+    args = (spec(b, length, d), spec(b, length, d), spec(d, n), spec(b, length, n), spec(b, length, n))
+    assert count_flops(bare, *args) == 9 * b * length * d * n
+    assert count_flops(full, *args, spec(d), spec(b, length, d)) == 9 * b * length * d * n + 2 * b * length * d
 
 
 def test_counts_inside_lax_scan_are_multiplied_by_its_length():
     def body(carry, x):
         return carry @ x, None
+
     assert count_flops(lambda c, xs: jax.lax.scan(body, c, xs)[0], spec(3, 3), spec(5, 3, 3)) == 5 * 27
 
 

@@ -47,8 +47,14 @@ def data_config():
 
 
 def batches(source, process_index: int = 0, process_count: int = 1):
-    return data_lib.eval_iterator(source, data_config(), global_batch_size=GLOBAL_BATCH, channels=1,
-                                  process_index=process_index, process_count=process_count)
+    return data_lib.eval_iterator(
+        source,
+        data_config(),
+        global_batch_size=GLOBAL_BATCH,
+        channels=1,
+        process_index=process_index,
+        process_count=process_count,
+    )
 
 
 def evaluate_on(mesh_sizes: dict) -> dict:
@@ -61,8 +67,13 @@ def evaluate_on(mesh_sizes: dict) -> dict:
 
 
 def subprocess_env(devices: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
-               JAX_DISABLE_MOST_OPTIMIZATIONS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        JAX_PLATFORMS="cpu",
+        JAX_NUM_CPU_DEVICES=str(devices),
+        JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+    )
     env.pop("XLA_FLAGS", None)
     return env
 
@@ -110,10 +121,13 @@ def test_an_odd_sized_split_is_counted_exactly(one_device):
 
 def test_eight_devices_give_the_counts_of_one(one_device):
     """A 2 x 2 x 2 (data, fsdp, tensor) mesh: 4 batch shards, weights split as training splits them."""
-    script = (f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import test_sharded as t; "
-              "print('RESULT ' + json.dumps(t.evaluate_on({'data': 2, 'fsdp': 2, 'tensor': 2})))")
-    child = subprocess.run([sys.executable, "-c", script], env=subprocess_env(8), capture_output=True, text=True,
-                           timeout=600, cwd=ROOT)
+    script = (
+        f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import test_sharded as t; "
+        "print('RESULT ' + json.dumps(t.evaluate_on({'data': 2, 'fsdp': 2, 'tensor': 2})))"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script], env=subprocess_env(8), capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert child.returncode == 0, child.stderr[-3000:]
     eight_devices = json.loads(child.stdout.split("RESULT ")[-1])
     for label, scores in one_device.items():
@@ -129,8 +143,15 @@ def _free_port() -> int:
 
 
 def eval_command(workdir, *args) -> list[str]:
-    return [sys.executable, str(ROOT / "eval.py"), f"--workdir={workdir}", "--data=synthetic", "--batch_size=48",
-            "--weights=params", *args]
+    return [
+        sys.executable,
+        str(ROOT / "eval.py"),
+        f"--workdir={workdir}",
+        "--data=synthetic",
+        "--batch_size=48",
+        "--weights=params",
+        *args,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +161,9 @@ def model_dir(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("model") / "vit"
     overrides = {k: v for k, v in MODEL.items() if k not in ("num_classes", "img_size", "in_chans")}
-    save_pretrained(directory, tiny_model(), name="vit_mini", num_classes=10, img_size=16, in_chans=1,
-                    overrides=overrides)
+    save_pretrained(
+        directory, tiny_model(), name="vit_mini", num_classes=10, img_size=16, in_chans=1, overrides=overrides
+    )
     return directory
 
 
@@ -151,11 +173,20 @@ def test_eval_py_in_two_processes_matches_one_process(model_dir, tmp_path):
     shutil.copytree(model_dir, one)
     shutil.copytree(model_dir, two)
     address = f"127.0.0.1:{_free_port()}"
-    distributed = [subprocess.Popen(
-        eval_command(two, f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"),
-        env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for i in range(2)]
-    single = subprocess.run(eval_command(one), env=subprocess_env(1), capture_output=True, text=True, timeout=600,
-                            cwd=ROOT)
+    distributed = [
+        subprocess.Popen(
+            eval_command(two, f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"),
+            env=subprocess_env(1),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for i in range(2)
+    ]
+    single = subprocess.run(
+        eval_command(one), env=subprocess_env(1), capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     outputs = [p.communicate(timeout=600) for p in distributed]
     for process, (_, stderr) in zip(distributed, outputs):
         assert process.returncode == 0, stderr[-3000:]
@@ -175,8 +206,9 @@ def test_eval_py_in_two_processes_matches_one_process(model_dir, tmp_path):
 def test_a_mesh_the_devices_cannot_form_is_one_error_before_anything_is_written(model_dir, tmp_path):
     workdir = tmp_path / "vit"
     shutil.copytree(model_dir, workdir)
-    run = lambda *args: subprocess.run(eval_command(workdir, *args), env=subprocess_env(1), capture_output=True,
-                                       text=True, timeout=600, cwd=ROOT)
+    run = lambda *args: subprocess.run(
+        eval_command(workdir, *args), env=subprocess_env(1), capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     too_big = run("--mesh=data:3")
     assert too_big.returncode == 2 and "--mesh=data:3 does not fit this machine" in too_big.stderr
     assert "needs a multiple of 3 devices, but 1 are available" in too_big.stderr

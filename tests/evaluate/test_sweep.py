@@ -25,9 +25,15 @@ def test_parse_spec_reads_method_schedule_and_options():
 def test_sweep_evaluates_each_entry_once_resumes_and_reports(tmp_path, monkeypatch):
     model = models.create("vim_mini", num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0), depth=3)
     rng = np.random.default_rng(0)
-    data = [{"image": rng.standard_normal((8, 28, 28, 1)).astype(np.float32), "label": rng.integers(0, 10, 8)}
-            for _ in range(2)]
-    specs = [None, reduction.parse_spec("sarf_tome:keep=0.8,sites=1"), reduction.parse_spec("sarf_tome:keep=0.5,sites=1")]
+    data = [
+        {"image": rng.standard_normal((8, 28, 28, 1)).astype(np.float32), "label": rng.integers(0, 10, 8)}
+        for _ in range(2)
+    ]
+    specs = [
+        None,
+        reduction.parse_spec("sarf_tome:keep=0.8,sites=1"),
+        reduction.parse_spec("sarf_tome:keep=0.5,sites=1"),
+    ]
     kwargs = dict(workdir=tmp_path, img_size=28, in_chans=1, batch_size=8, log=lambda *a: None)
 
     results = sweep.run_sweep({"raw": model}, specs[:2], lambda: iter(data), **kwargs)
@@ -39,8 +45,9 @@ def test_sweep_evaluates_each_entry_once_resumes_and_reports(tmp_path, monkeypat
 
     evaluated = []
     original = sharded.Evaluator.__call__
-    monkeypatch.setattr(sharded.Evaluator, "__call__",
-                        lambda self, *a, **k: evaluated.append(a[2]) or original(self, *a, **k))
+    monkeypatch.setattr(
+        sharded.Evaluator, "__call__", lambda self, *a, **k: evaluated.append(a[2]) or original(self, *a, **k)
+    )
     results = sweep.run_sweep({"raw": model}, specs, lambda: iter(data), **kwargs)
     assert evaluated == [specs[2]]  # the two finished entries were not recomputed
     gflops = [results.find("raw", reduction.spec_label(s))["gflops"] for s in specs]
@@ -55,15 +62,30 @@ def test_sweep_evaluates_each_entry_once_resumes_and_reports(tmp_path, monkeypat
 def test_a_bad_spec_fails_before_anything_is_written(tmp_path):
     model = models.create("vim_mini", num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0), depth=3)
     with pytest.raises(ValueError, match=r"layer indices \[5\] do not exist"):
-        sweep.run_sweep({"raw": model}, [None, reduction.Spec("sarf_evit", {5: 100})], lambda: iter([]),
-                        workdir=tmp_path, img_size=28, in_chans=1, batch_size=8)
+        sweep.run_sweep(
+            {"raw": model},
+            [None, reduction.Spec("sarf_evit", {5: 100})],
+            lambda: iter([]),
+            workdir=tmp_path,
+            img_size=28,
+            in_chans=1,
+            batch_size=8,
+        )
     assert not (tmp_path / "results.json").exists()
 
 
 def test_a_sweep_is_over_weights_of_one_model(tmp_path):
-    create = lambda depth: models.create("vim_mini", num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0),
-                                         depth=depth)
+    create = lambda depth: models.create(
+        "vim_mini", num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0), depth=depth
+    )
     with pytest.raises(ValueError, match=r"models_by_weights\['ema'\] is not the same model"):
-        sweep.run_sweep({"raw": create(3), "ema": create(2)}, [None], lambda: iter([]), workdir=tmp_path,
-                        img_size=28, in_chans=1, batch_size=8)
+        sweep.run_sweep(
+            {"raw": create(3), "ema": create(2)},
+            [None],
+            lambda: iter([]),
+            workdir=tmp_path,
+            img_size=28,
+            in_chans=1,
+            batch_size=8,
+        )
     assert not (tmp_path / "results.json").exists()

@@ -21,8 +21,9 @@ def test_sweep_specs_resolve_on_their_models_and_cover_the_paper_methods(sweep):
     assert specs[0] is None and len(set(texts)) == len(texts)
     assert {"sarf_tome", "sarf_evit", "evit", "tome"} <= {s.method for s in specs[1:]}
     for name, img_size, in_chans in SWEEP_MODELS[sweep]:
-        model = nnx.eval_shape(lambda: models.create(name, num_classes=10, img_size=img_size, in_chans=in_chans,
-                                                     rngs=nnx.Rngs(0)))
+        model = nnx.eval_shape(
+            lambda: models.create(name, num_classes=10, img_size=img_size, in_chans=in_chans, rngs=nnx.Rngs(0))
+        )
         for spec in specs[1:]:
             sites = model.reduction_sites(spec)
             assert any(site.out_hw != site.in_hw for site in sites), (name, reduction.spec_label(spec))

@@ -20,23 +20,31 @@ from sarf_jax.models.common import default_feature_layers
 FAMILIES = ["vmamba_mini", "vim_mini", "vit_mini", "plainmamba_mini"]
 # Small models: VMamba 3 stages of one block, the others 2 layers (feature layers (0, 1)); the
 # step-by-step scan compiles fastest on a CPU.
-OVERRIDES = {"vmamba_mini": dict(depths=(1, 1, 1), scan_impl="reference"),
-             "vim_mini": dict(depth=2, scan_impl="reference"), "plainmamba_mini": dict(depth=2, scan_impl="reference")}
+OVERRIDES = {
+    "vmamba_mini": dict(depths=(1, 1, 1), scan_impl="reference"),
+    "vim_mini": dict(depth=2, scan_impl="reference"),
+    "plainmamba_mini": dict(depth=2, scan_impl="reference"),
+}
 # Specs that leave the first stage / layer alone. VMamba: stage 1 7x7 -> 6x6, stage 2 (3x3 after the
 # downsample, 4x4 dense) -> 2x2: restoring composes a plan, a stage change and a plan. The
 # single-stage models: after layer 1, 14x14 -> 10x10 (tests/reduction/test_restore.py composes more).
 SPECS = {"vmamba_mini": reduction.Spec("sarf_tome", ((0,), (13,), (4,)))}
 ISOTROPIC_SPEC = reduction.Spec("sarf_tome", {1: 100})
-DENSE = {"vmamba_mini": [(14, 14, 32), (7, 7, 64), (4, 4, 128)], "vim_mini": [(14, 14, 64)] * 2,
-         "vit_mini": [(14, 14, 64)] * 2, "plainmamba_mini": [(14, 14, 48)] * 2}
+DENSE = {
+    "vmamba_mini": [(14, 14, 32), (7, 7, 64), (4, 4, 128)],
+    "vim_mini": [(14, 14, 64)] * 2,
+    "vit_mini": [(14, 14, 64)] * 2,
+    "plainmamba_mini": [(14, 14, 48)] * 2,
+}
 REDUCED = {"vmamba_mini": [(14, 14), (6, 6), (2, 2)]}
 ISOTROPIC_REDUCED = [(14, 14), (10, 10)]
 
 
 @functools.cache
 def model(name):
-    return models.create(name, num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0),
-                         **OVERRIDES.get(name, dict(depth=2)))
+    return models.create(
+        name, num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0), **OVERRIDES.get(name, dict(depth=2))
+    )
 
 
 @functools.cache
@@ -66,7 +74,7 @@ def vim_by_hand(m, x):
     hidden, residual, maps, middle = m.tokens(x), None, [], m.cls_position
     for layer in m.layers:
         hidden, residual = layer(hidden, residual, train=False)
-        patches = jnp.concatenate([hidden[:, :middle], hidden[:, middle + 1:]], axis=1)
+        patches = jnp.concatenate([hidden[:, :middle], hidden[:, middle + 1 :]], axis=1)
         maps.append(patches.reshape(x.shape[0], *m.grid, -1))
     return maps, None
 
@@ -91,8 +99,12 @@ def plainmamba_by_hand(m, x):
     return maps, m.head(m.pool(x))
 
 
-BY_HAND = {"vmamba_mini": vmamba_by_hand, "vim_mini": vim_by_hand, "vit_mini": vit_by_hand,
-           "plainmamba_mini": plainmamba_by_hand}
+BY_HAND = {
+    "vmamba_mini": vmamba_by_hand,
+    "vim_mini": vim_by_hand,
+    "vit_mini": vit_by_hand,
+    "plainmamba_mini": plainmamba_by_hand,
+}
 
 
 @functools.cache
@@ -105,8 +117,9 @@ def outputs(name):
     def compute(state, spec, x):
         m = nnx.merge(graphdef, state)
         by_hand, logits = BY_HAND[name](m, x)
-        return dict(dense=m.features(x), restored=m.features(x, reduction=spec, restore=True), by_hand=by_hand,
-                    logits=logits)
+        return dict(
+            dense=m.features(x), restored=m.features(x, reduction=spec, restore=True), by_hand=by_hand, logits=logits
+        )
 
     out = jax.tree.map(np.asarray, compute(state, spec, images()))
     reduced = jax.eval_shape(lambda s: nnx.merge(graphdef, s).features(images(), reduction=spec), state)
@@ -165,21 +178,30 @@ def test_feature_layers_default_and_choice_and_their_errors():
     assert default_feature_layers(12) == (2, 5, 8, 11)
     assert default_feature_layers(36) == (8, 17, 26, 35)
     assert default_feature_layers(3) == (0, 1, 2) and default_feature_layers(1) == (0,)
-    vit = models.create("vit_mini", num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0), depth=3,
-                        feature_layers=(0, 2))
+    vit = models.create(
+        "vit_mini", num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0), depth=3, feature_layers=(0, 2)
+    )
     maps = nnx.jit(lambda m, x: m.features(x))(vit, images())
     assert [f.shape for f in maps] == [(2, 14, 14, 64)] * 2
     for bad in [(3,), (1, 0), (), (0, 0), (True,)]:
         with pytest.raises(ValueError, match=r"feature_layers must be increasing block indices in \[0, 3\)"):
-            models.create("vim_mini", num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0), depth=3,
-                          feature_layers=bad)
+            models.create(
+                "vim_mini", num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0), depth=3, feature_layers=bad
+            )
 
 
 @pytest.mark.parametrize("name, count", [("vmamba_mini", 3), ("plainmamba_mini", 1)])
 def test_out_norms_are_trainable_only_when_asked_for(name, count):
     def norm_params(**kwargs):
-        m = models.create(name, num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0),
-                          **OVERRIDES.get(name, dict(depth=2)), **kwargs)
+        m = models.create(
+            name,
+            num_classes=10,
+            img_size=28,
+            in_chans=1,
+            rngs=nnx.Rngs(0),
+            **OVERRIDES.get(name, dict(depth=2)),
+            **kwargs,
+        )
         params = nnx.to_flat_state(nnx.state(m, nnx.Param))
         return sorted(path for path, _ in params if path[0] in ("outnorms", "out_norms"))
 
@@ -194,8 +216,9 @@ class Segmenter(nnx.Module):
 
     def __init__(self, backbone, num_classes: int, *, rngs: nnx.Rngs):
         self.backbone = backbone
-        self.head = nnx.Linear(64 * len(backbone.feature_layers), num_classes, kernel_init=nnx.initializers.zeros,
-                               rngs=rngs)
+        self.head = nnx.Linear(
+            64 * len(backbone.feature_layers), num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs
+        )
 
     def __call__(self, images, spec):
         maps = self.backbone.features(images, reduction=spec, restore=True, train=True)
@@ -209,8 +232,11 @@ def test_a_segmentation_head_trains_on_restored_features():
     # synthetic scenes: class 1 right of a random column of patches, the image brighter there
     split = jax.random.randint(jax.random.key(3), (8, 1, 1), 3, 11)
     masks = jnp.broadcast_to(jnp.arange(14)[None, None, :] >= split, (8, 14, 14)).astype(jnp.int32)
-    x = (2.0 * jnp.repeat(jnp.repeat(masks, 2, axis=1), 2, axis=2)[..., None] - 1.0
-         + 0.5 * jax.random.normal(jax.random.key(4), (8, 28, 28, 1)))
+    x = (
+        2.0 * jnp.repeat(jnp.repeat(masks, 2, axis=1), 2, axis=2)[..., None]
+        - 1.0
+        + 0.5 * jax.random.normal(jax.random.key(4), (8, 28, 28, 1))
+    )
     tx = optax.adam(3e-3)
 
     @jax.jit

@@ -58,8 +58,9 @@ def test_checkpoint_key_forms(fixture, converted):
     ema = {"ema_backbone_ln1_weight": np.zeros(1, np.float32), "ema_head_fc_bias": np.zeros(1, np.float32)}
     for variant in (bare, {**state_dict, **ema}):
         model = from_official("plainmamba", kwargs, variant, rngs=nnx.Rngs(1))
-        np.testing.assert_array_equal(model.layers[2].mamba.direction_Bs[...],
-                                      converted.layers[2].mamba.direction_Bs[...])
+        np.testing.assert_array_equal(
+            model.layers[2].mamba.direction_Bs[...], converted.layers[2].mamba.direction_Bs[...]
+        )
         np.testing.assert_array_equal(model.head.fc.kernel[...], converted.head.fc.kernel[...])
     assert adapter.rename("backbone.layers.0.mamba.A_log") == "layers.0.mamba.A_log"
     assert adapter.rename("head.fc.weight") == "head.fc.weight"
@@ -72,8 +73,11 @@ def abstract(name, **kwargs):
 
 # Official figures: parameters with head / backbone only (measured on the official model, see
 # docs/official_code.md#plainmamba-variants), GFLOPs at 224 px (published tables).
-OFFICIAL = {"plainmamba_l1": (7.552, 7.359, 3.0), "plainmamba_l2": (26.146, 25.761, 8.1),
-            "plainmamba_l3": (50.956, 50.507, 14.4)}
+OFFICIAL = {
+    "plainmamba_l1": (7.552, 7.359, 3.0),
+    "plainmamba_l2": (26.146, 25.761, 8.1),
+    "plainmamba_l3": (50.956, 50.507, 14.4),
+}
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL))
@@ -103,8 +107,9 @@ def test_mini_is_a_14x14_grid_for_fashion_mnist():
 
 @functools.cache
 def mini_train_step():
-    model = models.create("plainmamba_mini", num_classes=10, img_size=28, in_chans=1, drop_path_rate=0.1,
-                          rngs=nnx.Rngs(0))
+    model = models.create(
+        "plainmamba_mini", num_classes=10, img_size=28, in_chans=1, drop_path_rate=0.1, rngs=nnx.Rngs(0)
+    )
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     @jax.jit
@@ -113,6 +118,7 @@ def mini_train_step():
             model = nnx.merge(graphdef, params, rest, copy=True)
             logits = model(images, train=True)
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), nnx.state(model)
+
         return jax.value_and_grad(loss, has_aux=True)(params, rest)
 
     return graphdef, params, rest, step
@@ -140,30 +146,37 @@ def test_drop_path_rates_rise_linearly_to_the_last_layer():
 
 
 def test_other_input_sizes_resize_the_position_embedding_like_torch():
-    model = models.create("plainmamba_mini", num_classes=10, img_size=16, in_chans=1, depth=1,
-                          rngs=nnx.Rngs(0))  # position embedding for an 8 x 8 grid
+    model = models.create(
+        "plainmamba_mini", num_classes=10, img_size=16, in_chans=1, depth=1, rngs=nnx.Rngs(0)
+    )  # position embedding for an 8 x 8 grid
     images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 18, 10, 1)), jnp.float32)
     grid = model.embed(images)
     assert grid.shape == (2, 9, 5, model.embed_dim)
     pos = np.asarray(model.pos_embed[...]).reshape(1, 8, 8, -1)
-    expected = F.interpolate(torch.tensor(pos).permute(0, 3, 1, 2), size=(9, 5), mode="bicubic",
-                             align_corners=False).permute(0, 2, 3, 1).numpy()
+    expected = (
+        F.interpolate(torch.tensor(pos).permute(0, 3, 1, 2), size=(9, 5), mode="bicubic", align_corners=False)
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
     np.testing.assert_allclose(grid - model.patch_embed(images), np.broadcast_to(expected, grid.shape), atol=1e-5)
     assert model(images).shape == (2, 10)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(embed_dim=64, foo=1), r"unsupported keys \['embed_dim', 'foo'\]"),
-    (dict(arch="L4"), r"arch='L4' is not supported; valid: None or one of \['L1', 'L2', 'L3'\]"),
-    (dict(out_indices=[1, 3], num_layers=4), r"out_indices=\[1, 3\] is not supported"),
-    (dict(interpolate_mode="bilinear"), r"interpolate_mode='bilinear' is not supported"),
-    (dict(layer_cfgs=[{}, {}]), r"layer_cfgs=\[\{\}, \{\}\] is not supported"),
-    (dict(layer_cfgs={"mamba_cfg": {"d_conv": 4}}), r"unsupported keys \['d_conv'\] in layer_cfgs\['mamba_cfg'\]"),
-    (dict(norm_cfg={"type": "BN"}), r"norm_cfg=\{'type': 'BN'\} is not supported"),
-    (dict(freeze_patch_embed=True), r"freeze_patch_embed=True is not supported"),
-    (dict(img_size=(224, 192)), r"img_size=\(224, 192\) is not supported"),
-    (dict(img_size=100), r"img_size must be a multiple of patch_size=16, got 100"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(embed_dim=64, foo=1), r"unsupported keys \['embed_dim', 'foo'\]"),
+        (dict(arch="L4"), r"arch='L4' is not supported; valid: None or one of \['L1', 'L2', 'L3'\]"),
+        (dict(out_indices=[1, 3], num_layers=4), r"out_indices=\[1, 3\] is not supported"),
+        (dict(interpolate_mode="bilinear"), r"interpolate_mode='bilinear' is not supported"),
+        (dict(layer_cfgs=[{}, {}]), r"layer_cfgs=\[\{\}, \{\}\] is not supported"),
+        (dict(layer_cfgs={"mamba_cfg": {"d_conv": 4}}), r"unsupported keys \['d_conv'\] in layer_cfgs\['mamba_cfg'\]"),
+        (dict(norm_cfg={"type": "BN"}), r"norm_cfg=\{'type': 'BN'\} is not supported"),
+        (dict(freeze_patch_embed=True), r"freeze_patch_embed=True is not supported"),
+        (dict(img_size=(224, 192)), r"img_size=\(224, 192\) is not supported"),
+        (dict(img_size=100), r"img_size must be a multiple of patch_size=16, got 100"),
+    ],
+)
 def test_unsupported_constructor_kwargs_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         adapter.build(kwargs, nnx.Rngs(0))
@@ -182,8 +195,11 @@ def test_supported_options_change_the_expected_keys():
 
 def test_checkpoint_of_another_size_names_key_and_shapes(fixture):
     _, _, state_dict, kwargs = fixture
-    with pytest.raises(ValueError, match=r"\S+ has shape \(.*64.*\), which maps to \(.*\), "
-                                         r"but the model's \S+ has shape \(.*32.*\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"\S+ has shape \(.*64.*\), which maps to \(.*\), "
+        r"but the model's \S+ has shape \(.*32.*\)",
+    ):
         from_official("plainmamba", {**kwargs, "embed_dims": 32}, state_dict)
     with pytest.raises(ValueError, match=r"missing 14 keys \['layers.4.mamba.A_log'"):
         from_official("plainmamba", {**kwargs, "num_layers": 5}, state_dict)

@@ -14,8 +14,12 @@ from sarf_jax import models
 from sarf_jax.models.pretrained import load_pretrained, save_pretrained
 
 STORED_SIZE, LARGER_SIZE, CLASSES = 8, 12, 5  # patch 2: a 4x4 grid stored, loaded as 6x6
-SMALL = {"vim_mini": {"depth": 2}, "vit_mini": {"depth": 2}, "plainmamba_mini": {"depth": 2},
-         "vmamba_mini": {"depths": [1, 1]}}
+SMALL = {
+    "vim_mini": {"depth": 2},
+    "vit_mini": {"depth": 2},
+    "plainmamba_mini": {"depth": 2},
+    "vmamba_mini": {"depths": [1, 1]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,13 +85,15 @@ def torch_bicubic(grid, size):
 def test_class_token_entry_is_kept_and_the_patch_grid_resized_like_torch(stored, name, stored_cls, loaded_cls):
     """ViT's class token is first; Vim's sits in the middle of the sequence (h * w // 2)."""
     directory, saved = stored[name]
-    old, new = np.asarray(saved.pos_embed[...]), np.asarray(models.create(name, pretrained=directory,
-                                                                          img_size=LARGER_SIZE).pos_embed[...])
+    old, new = (
+        np.asarray(saved.pos_embed[...]),
+        np.asarray(models.create(name, pretrained=directory, img_size=LARGER_SIZE).pos_embed[...]),
+    )
     old_side, new_side = STORED_SIZE // 2, LARGER_SIZE // 2
-    assert new.shape == (1, new_side ** 2 + 1, old.shape[-1])
+    assert new.shape == (1, new_side**2 + 1, old.shape[-1])
     np.testing.assert_array_equal(new[:, loaded_cls], old[:, stored_cls])
     old_grid = np.delete(old, stored_cls, axis=1).reshape(1, old_side, old_side, -1)
-    expected = torch_bicubic(old_grid, new_side).reshape(1, new_side ** 2, -1)
+    expected = torch_bicubic(old_grid, new_side).reshape(1, new_side**2, -1)
     np.testing.assert_allclose(np.delete(new, loaded_cls, axis=1), expected, atol=1e-5, rtol=0)
 
 
@@ -124,10 +130,16 @@ def test_name_classes_and_missing_arguments_are_clear_errors(stored):
 def test_weights_that_do_not_fit_are_a_clear_error_and_nothing_is_written(stored):
     directory, _ = stored["vim_mini"]
     before = sorted((p.relative_to(directory), p.stat().st_mtime_ns) for p in directory.rglob("*"))
-    with pytest.raises(ValueError, match=r"do not fit the requested model \(img_size 8, overrides \{'depth': 3\}\)"
-                                         r" \(0 shapes differ, \d+ missing, 0 unexpected"):
+    with pytest.raises(
+        ValueError,
+        match=r"do not fit the requested model \(img_size 8, overrides \{'depth': 3\}\)"
+        r" \(0 shapes differ, \d+ missing, 0 unexpected",
+    ):
         models.create("vim_mini", pretrained=directory, depth=3)
-    with pytest.raises(ValueError, match=r"\(8 shapes differ, 0 missing, 0 unexpected; e.g. layers/0/mixer/A_b_log: "
-                                         r"stored \(128, 16\), expected \(128, 8\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"\(8 shapes differ, 0 missing, 0 unexpected; e.g. layers/0/mixer/A_b_log: "
+        r"stored \(128, 16\), expected \(128, 8\)\)",
+    ):
         load_pretrained(directory, d_state=8)
     assert sorted((p.relative_to(directory), p.stat().st_mtime_ns) for p in directory.rglob("*")) == before

@@ -21,8 +21,9 @@ SMALL = {"vmamba_mini": dict(depths=(2, 2, 1))}  # the others: depth 3
 
 @functools.cache
 def small_model(name):
-    return models.create(name, num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0),
-                         **SMALL.get(name, dict(depth=3)))
+    return models.create(
+        name, num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0), **SMALL.get(name, dict(depth=3))
+    )
 
 
 @functools.cache
@@ -40,12 +41,12 @@ def test_no_reduction_and_a_keep_everything_schedule_equal_the_dense_model(name)
     forward = nnx.jit(lambda m, x, spec: m(x, reduction=spec), static_argnums=2)
     dense = forward(model, images(), None)
     np.testing.assert_array_equal(forward(model, images(), reduction.Spec("none")), dense)
-    np.testing.assert_allclose(forward(model, images(), spec_for("sarf_tome", "keep=1.0,sites=2")), dense,
-                               atol=1e-6)
+    np.testing.assert_allclose(forward(model, images(), spec_for("sarf_tome", "keep=1.0,sites=2")), dense, atol=1e-6)
 
 
 CASES = [("vim_mini", method) for method in METHODS] + [
-    (name, method) for name in ("vit_mini", "vmamba_mini", "plainmamba_mini") for method in ("sarf_tome", "quartermap")]
+    (name, method) for name in ("vit_mini", "vmamba_mini", "plainmamba_mini") for method in ("sarf_tome", "quartermap")
+]
 
 
 @pytest.mark.parametrize("name, method", CASES)

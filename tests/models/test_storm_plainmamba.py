@@ -26,9 +26,9 @@ CASES = {  # fixture key -> Spec arguments besides the schedule (tests/fixtures/
     "dense": None,
     "storm_tome": dict(method="sarf_tome"),
     "storm_tome_wavg": dict(method="sarf_tome", merge="mean"),
-    "storm_evit": dict(method="sarf_evit", window=20),    # STORM's PlainMamba uses window 20
+    "storm_evit": dict(method="sarf_evit", window=20),  # STORM's PlainMamba uses window 20
     "evit": dict(method="evit"),
-    "tome": dict(method="tome"),                          # PlainMamba's official ToMe merges
+    "tome": dict(method="tome"),  # PlainMamba's official ToMe merges
     "tome_prunemode": dict(method="tome", tome_prune=True),
 }
 

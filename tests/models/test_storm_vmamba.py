@@ -25,7 +25,7 @@ CASES = {  # fixture key -> Spec arguments besides the table (tests/fixtures/REA
     "storm_tome_wavg": dict(method="sarf_tome", merge="mean"),
     "storm_evit": dict(method="sarf_evit"),
     "evit": dict(method="evit"),
-    "tome": dict(method="tome"),                          # VMamba's official ToMe drops
+    "tome": dict(method="tome"),  # VMamba's official ToMe drops
     "tome_mergemode": dict(method="tome", tome_prune=False),
 }
 
@@ -41,8 +41,13 @@ def test_reproduces_official_storm_vmamba_logits(case):
 def test_fixture_table_reduces_the_first_two_stages():
     model, _, meta = fixture_model()
     sites = model.reduction_sites(reduction.Spec("sarf_tome", meta["budget_table"]))
-    assert [(s.in_hw, s.out_hw) for s in sites] == [((16, 16), (13, 13)), ((7, 7), (6, 6)),
-                                                    ((3, 3), (3, 3)), ((3, 3), (3, 3)), ((2, 2), (2, 2))]
+    assert [(s.in_hw, s.out_hw) for s in sites] == [
+        ((16, 16), (13, 13)),
+        ((7, 7), (6, 6)),
+        ((3, 3), (3, 3)),
+        ((3, 3), (3, 3)),
+        ((2, 2), (2, 2)),
+    ]
 
 
 def test_describe_vmamba_small_hybrid_2p1_gives_the_papers_grids():

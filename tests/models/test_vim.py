@@ -86,6 +86,9 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match=r"only bimamba_type='v2'"):
         from_official("vim", {**kwargs, "bimamba_type": "v1"}, {})
     state_dict = official_state_dict(arrays)
-    with pytest.raises(ValueError, match=r"patch_embed.proj.weight has shape \(64, 3, 8, 8\), which maps to "
-                                         r"\(8, 8, 3, 64\), but the model's patch_embed.proj.weight has shape \(4, 4, 3, 64\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"patch_embed.proj.weight has shape \(64, 3, 8, 8\), which maps to "
+        r"\(8, 8, 3, 64\), but the model's patch_embed.proj.weight has shape \(4, 4, 3, 64\)",
+    ):
         from_official("vim", {**kwargs, "patch_size": 4, "stride": 4, "img_size": 16}, state_dict)

@@ -16,11 +16,17 @@ from sarf_jax.evaluate import model_gflops, parameter_count
 
 def transformers_to_timm_names(state_dict):
     """transformers (5.x) ViT keys -> timm / DeiT keys, which our ViT uses; q, k, v fused into qkv."""
-    renames = [("vit.embeddings.patch_embeddings.projection", "patch_embed.proj"),
-               ("vit.embeddings.cls_token", "cls_token"), ("vit.embeddings.position_embeddings", "pos_embed"),
-               ("vit.layers.", "blocks."), ("attention.o_proj", "attn.proj"),
-               ("layernorm_before", "norm1"), ("layernorm_after", "norm2"),
-               ("vit.layernorm", "norm"), ("classifier", "head")]
+    renames = [
+        ("vit.embeddings.patch_embeddings.projection", "patch_embed.proj"),
+        ("vit.embeddings.cls_token", "cls_token"),
+        ("vit.embeddings.position_embeddings", "pos_embed"),
+        ("vit.layers.", "blocks."),
+        ("attention.o_proj", "attn.proj"),
+        ("layernorm_before", "norm1"),
+        ("layernorm_after", "norm2"),
+        ("vit.layernorm", "norm"),
+        ("classifier", "head"),
+    ]
     out = {}
     for key, value in state_dict.items():
         for old, new in renames:
@@ -35,15 +41,26 @@ def transformers_to_timm_names(state_dict):
 
 def test_matches_transformers_vit_with_the_same_weights():
     torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                       hidden_act="gelu", layer_norm_eps=1e-6, image_size=16, patch_size=4, num_channels=3,
-                       num_labels=5, qkv_bias=True)
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        num_labels=5,
+        qkv_bias=True,
+    )
     reference = ViTForImageClassification(config).eval()
     with torch.no_grad():
         for parameter in reference.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    ours = models.create("vit_tiny", num_classes=5, img_size=16, rngs=nnx.Rngs(0), patch_size=4,
-                         embed_dim=32, depth=2, num_heads=4)
+    ours = models.create(
+        "vit_tiny", num_classes=5, img_size=16, rngs=nnx.Rngs(0), patch_size=4, embed_dim=32, depth=2, num_heads=4
+    )
     load_state_dict(ours, transformers_to_timm_names(reference.state_dict()))
     images = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
     expected = reference(pixel_values=torch.tensor(images)).logits.detach().numpy()

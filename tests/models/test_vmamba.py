@@ -54,18 +54,21 @@ def test_wrong_checkpoint_shape_names_the_key_and_both_shapes(official):
         from_official("vmamba", meta["constructor_kwargs"], state_dict)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(unknown_option=1), "unknown_option"),
-    (dict(forward_type="m0_noz"), "forward_type"),
-    (dict(forward_type="v05_noz_onsigmoid"), "forward_type"),
-    (dict(norm_layer="bn"), "norm_layer"),
-    (dict(gmlp=True), "gmlp"),
-    (dict(posembed=True), "posembed"),
-    (dict(ssm_act_layer="gelu"), "ssm_act_layer"),
-    (dict(downsample_version="none"), "downsample_version"),
-    (dict(ssm_conv=1), "ssm_conv"),
-    (dict(imgsize=66), "img_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(unknown_option=1), "unknown_option"),
+        (dict(forward_type="m0_noz"), "forward_type"),
+        (dict(forward_type="v05_noz_onsigmoid"), "forward_type"),
+        (dict(norm_layer="bn"), "norm_layer"),
+        (dict(gmlp=True), "gmlp"),
+        (dict(posembed=True), "posembed"),
+        (dict(ssm_act_layer="gelu"), "ssm_act_layer"),
+        (dict(downsample_version="none"), "downsample_version"),
+        (dict(ssm_conv=1), "ssm_conv"),
+        (dict(imgsize=66), "img_size"),
+    ],
+)
 def test_unsupported_constructor_kwargs_raise_value_error_naming_them(load_fixture, kwargs, field):
     _, meta = load_fixture("vmamba")
     with pytest.raises(ValueError, match=field):
@@ -100,12 +103,32 @@ def test_official_sizes_have_the_official_parameter_counts_and_gflops(name):
 
 # VSSM kwargs of official factories the registry does not name (vmamba.py vanilla_vmamba_tiny,
 # vmamba_tiny_s2l5, vmamba_small_s1l20) -> (measured official parameter count, README GFLOPs)
-_V2 = dict(ssm_d_state=1, ssm_conv_bias=False, forward_type="v05_noz", norm_layer="ln2d",
-           downsample_version="v3", patchembed_version="v2", drop_path_rate=0.2)
+_V2 = dict(
+    ssm_d_state=1,
+    ssm_conv_bias=False,
+    forward_type="v05_noz",
+    norm_layer="ln2d",
+    downsample_version="v3",
+    patchembed_version="v2",
+    drop_path_rate=0.2,
+)
 FACTORIES = {
-    "vanilla_vmamba_tiny": (dict(depths=[2, 2, 9, 2], dims=96, ssm_d_state=16, ssm_ratio=2.0, ssm_conv_bias=True,
-                                 forward_type="v0", mlp_ratio=0.0, norm_layer="ln", downsample_version="v1",
-                                 patchembed_version="v1"), 22.89e6, 5.6),
+    "vanilla_vmamba_tiny": (
+        dict(
+            depths=[2, 2, 9, 2],
+            dims=96,
+            ssm_d_state=16,
+            ssm_ratio=2.0,
+            ssm_conv_bias=True,
+            forward_type="v0",
+            mlp_ratio=0.0,
+            norm_layer="ln",
+            downsample_version="v1",
+            patchembed_version="v1",
+        ),
+        22.89e6,
+        5.6,
+    ),
     "vmamba_tiny_s2l5": (dict(_V2, depths=[2, 2, 5, 2], dims=96, ssm_ratio=2.0), 30.71e6, 4.9),
     "vmamba_small_s1l20": (dict(_V2, depths=[2, 2, 20, 2], dims=96, ssm_ratio=1.0), 49.01e6, 8.6),
 }
@@ -122,8 +145,15 @@ def test_converter_builds_other_official_factories_with_their_sizes(factory):
 def test_mini_trains_under_jit_and_grad_on_fashion_mnist_shapes():
     # scan_impl="reference" halves the compile time; the default (chunked) scan's gradient through
     # SS2D is covered by tests/nn/test_ss2d.py, and every impl's by tests/ops.
-    model = models.create("vmamba_mini", num_classes=10, img_size=28, in_chans=1, drop_path_rate=0.1,
-                          scan_impl="reference", rngs=nnx.Rngs(0))
+    model = models.create(
+        "vmamba_mini",
+        num_classes=10,
+        img_size=28,
+        in_chans=1,
+        drop_path_rate=0.1,
+        scan_impl="reference",
+        rngs=nnx.Rngs(0),
+    )
     assert model.grid_sizes() == [14, 7, 4]
     images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 28, 28, 1)), jnp.float32)
 
@@ -132,6 +162,7 @@ def test_mini_trains_under_jit_and_grad_on_fashion_mnist_shapes():
         def loss(model):
             logits = model(images, train=True)
             return jnp.mean(jax.nn.log_softmax(logits)[:, 3]), logits
+
         return nnx.value_and_grad(loss, has_aux=True)(model)
 
     (loss, logits), grads = loss_and_grads(model, images)
@@ -146,8 +177,9 @@ def test_bad_input_raises_before_tracing():
         models.create("vmamba_tiny", num_classes=10, img_size=225, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="unknown model 'vmamba_huge'.*vmamba_tiny"):
         models.create("vmamba_huge", num_classes=10, img_size=224, rngs=nnx.Rngs(0))
-    model = nnx.eval_shape(lambda: models.create("vmamba_mini", num_classes=10, img_size=28, in_chans=1,
-                                                 rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: models.create("vmamba_mini", num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0))
+    )
     with pytest.raises(ValueError, match="expected a sarf_jax.reduction.Spec or None"):
         model(jnp.ones((1, 28, 28, 1)), reduction="sarf_tome")
     with pytest.raises(ValueError, match=r"images must have shape \(batch, 28, 28, 1\)"):

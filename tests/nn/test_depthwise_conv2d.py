@@ -15,17 +15,24 @@ from sarf_jax.nn.conv import DepthwiseConv2d, depthwise_conv2d
 
 def xla_depthwise(x, kernel, bias):
     pad = kernel.shape[0] // 2
-    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     feature_group_count=x.shape[-1], precision="highest")
+    y = jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        (1, 1),
+        ((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x.shape[-1],
+        precision="highest",
+    )
     return y + bias
 
 
 @pytest.mark.parametrize("size, h, w", [(7, 5, 9), (3, 4, 4), (3, 1, 6), (1, 3, 3)])
 def test_values_and_gradients_equal_xla_grouped_convolution(size, h, w):
     rng = np.random.default_rng(size + h)
-    x, kernel, bias, cotangent = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in
-                                  [(2, h, w, 6), (size, size, 1, 6), (6,), (2, h, w, 6)])
+    x, kernel, bias, cotangent = (
+        jnp.asarray(rng.standard_normal(s), jnp.float32) for s in [(2, h, w, 6), (size, size, 1, 6), (6,), (2, h, w, 6)]
+    )
     loss = lambda f: lambda *args: jnp.vdot(f(*args), cotangent)
     ours = jax.value_and_grad(loss(depthwise_conv2d), argnums=(0, 1, 2))(x, kernel, bias)
     reference = jax.value_and_grad(loss(xla_depthwise), argnums=(0, 1, 2))(x, kernel, bias)

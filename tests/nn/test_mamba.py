@@ -22,8 +22,16 @@ D_MODEL, D_STATE, DT_RANK = 24, 8, 3
 def transformers_mixer_and_ours(scan_impl):
     """A perturbed transformers MambaMixer and an nn.Mamba holding the same weights."""
     torch.manual_seed(0)
-    config = MambaConfig(hidden_size=D_MODEL, state_size=D_STATE, expand=2, conv_kernel=4,
-                         time_step_rank=DT_RANK, use_bias=False, use_conv_bias=True, hidden_act="silu")
+    config = MambaConfig(
+        hidden_size=D_MODEL,
+        state_size=D_STATE,
+        expand=2,
+        conv_kernel=4,
+        time_step_rank=DT_RANK,
+        use_bias=False,
+        use_conv_bias=True,
+        hidden_act="silu",
+    )
     mixer = MambaMixer(config, layer_idx=0).eval()  # eval: the pure-PyTorch slow_forward on CPU
     with torch.no_grad():
         for parameter in mixer.parameters():  # move every weight away from its default
@@ -78,8 +86,7 @@ def test_bidirectional_v2_matches_official_vim_layer(load_fixture, scan_impl):
     arrays, meta = load_fixture("vim")
     kwargs = meta["constructor_kwargs"]
     prefix = "sd/layers.0.mixer."
-    mixer = Mamba(kwargs["embed_dim"], d_state=16, bidirectional="v2", scan_impl=scan_impl,
-                  rngs=nnx.Rngs(0))
+    mixer = Mamba(kwargs["embed_dim"], d_state=16, bidirectional="v2", scan_impl=scan_impl, rngs=nnx.Rngs(0))
     load_state_dict(mixer, arrays, rename=lambda k: k.removeprefix(prefix) if k.startswith(prefix) else None)
     hidden = rms_norm(arrays["feat/block0_residual"], arrays["sd/layers.0.norm.weight"])
     out = mixer(jnp.asarray(hidden, jnp.float32))
@@ -111,13 +118,16 @@ def test_load_state_dict_names_missing_and_mismatched_keys():
     np.testing.assert_array_equal(ours.in_proj.kernel[...], before)  # nothing half-written
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(d_model=0), r"d_model must be a positive int, got 0"),
-    (dict(d_model=8, d_state=2.5), r"d_state must be a positive int"),
-    (dict(d_model=8, bidirectional="v1"), r"bidirectional must be one of \(None, 'v2'\)"),
-    (dict(d_model=8, scan_impl="triton"), r"impl must be one of"),
-    (dict(d_model=8, dt_min=0.1, dt_max=0.01), r"0 < dt_min <= dt_max"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(d_model=0), r"d_model must be a positive int, got 0"),
+        (dict(d_model=8, d_state=2.5), r"d_state must be a positive int"),
+        (dict(d_model=8, bidirectional="v1"), r"bidirectional must be one of \(None, 'v2'\)"),
+        (dict(d_model=8, scan_impl="triton"), r"impl must be one of"),
+        (dict(d_model=8, dt_min=0.1, dt_max=0.01), r"0 < dt_min <= dt_max"),
+    ],
+)
 def test_bad_constructor_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Mamba(**kwargs, rngs=nnx.Rngs(0))

@@ -34,7 +34,7 @@ def depthwise_conv(x, weight, bias=None):
     out = np.zeros_like(x)
     for i in range(k):
         for j in range(k):
-            out += padded[:, i:i + x.shape[1], j:j + x.shape[2]] * weight[:, 0, i, j]
+            out += padded[:, i : i + x.shape[1], j : j + x.shape[2]] * weight[:, 0, i, j]
     return out if bias is None else out + bias
 
 
@@ -58,7 +58,7 @@ def official_forward(sd, x):
     x_conv = silu(depthwise_conv(x, sd["conv2d.weight"], sd["conv2d.bias"])).reshape(batch, length, E)
     z = z.reshape(batch, length, E)
     x_dbl = x_conv @ sd["x_proj.weight"].T
-    dt, B, C = x_dbl[..., :DT_RANK], x_dbl[..., DT_RANK:DT_RANK + D_STATE], x_dbl[..., DT_RANK + D_STATE:]
+    dt, B, C = x_dbl[..., :DT_RANK], x_dbl[..., DT_RANK : DT_RANK + D_STATE], x_dbl[..., DT_RANK + D_STATE :]
     dt = dt @ sd["dt_proj.weight"].T + sd["dt_proj.bias"]  # bias, first time
     A = -np.exp(sd["A_log"])
     scans = scan_orders.zigzag(h, w)
@@ -76,10 +76,20 @@ def official_forward(sd, x):
 def official_weights(seed=0):
     """Random torch-layout weights, away from any default (A_log perturbed, D not 1, ...)."""
     rng = np.random.default_rng(seed)
-    shapes = {"in_proj.weight": (2 * E, D_MODEL), "in_proj.bias": (2 * E,), "conv2d.weight": (E, 1, 7, 7),
-              "conv2d.bias": (E,), "x_proj.weight": (DT_RANK + 2 * D_STATE, E), "dt_proj.weight": (E, DT_RANK),
-              "dt_proj.bias": (E,), "A_log": (E, D_STATE), "D": (E,), "direction_Bs": (5, D_STATE),
-              "out_proj.weight": (D_MODEL, E), "out_proj.bias": (D_MODEL,)}
+    shapes = {
+        "in_proj.weight": (2 * E, D_MODEL),
+        "in_proj.bias": (2 * E,),
+        "conv2d.weight": (E, 1, 7, 7),
+        "conv2d.bias": (E,),
+        "x_proj.weight": (DT_RANK + 2 * D_STATE, E),
+        "dt_proj.weight": (E, DT_RANK),
+        "dt_proj.bias": (E,),
+        "A_log": (E, D_STATE),
+        "D": (E,),
+        "direction_Bs": (5, D_STATE),
+        "out_proj.weight": (D_MODEL, E),
+        "out_proj.bias": (D_MODEL,),
+    }
     sd = {k: 0.3 * rng.standard_normal(s) for k, s in shapes.items()}
     sd["A_log"] = np.log(np.arange(1, D_STATE + 1))[None] + 0.5 * rng.standard_normal((E, D_STATE))
     sd["D"] = rng.uniform(0.5, 1.5, E)
@@ -88,15 +98,24 @@ def official_weights(seed=0):
 
 
 def mixer(scan_impl="chunked", init_layer_scale=None):
-    module = PlainMamba2D(D_MODEL, d_state=D_STATE, expand=EXPAND, dt_rank=DT_RANK, bias=True,
-                          init_layer_scale=init_layer_scale, scan_impl=scan_impl, rngs=nnx.Rngs(0))
+    module = PlainMamba2D(
+        D_MODEL,
+        d_state=D_STATE,
+        expand=EXPAND,
+        dt_rank=DT_RANK,
+        bias=True,
+        init_layer_scale=init_layer_scale,
+        scan_impl=scan_impl,
+        rngs=nnx.Rngs(0),
+    )
     gamma = {} if init_layer_scale is None else {"gamma": np.full(D_MODEL, init_layer_scale, np.float32)}
     load_state_dict(module, {**official_weights(), **gamma})
     return module
 
 
-@pytest.mark.parametrize("h, w, scan_impl", [(7, 9, "chunked"), (7, 9, "reference"), (4, 4, "chunked"),
-                                             (3, 2, "chunked"), (1, 5, "chunked")])
+@pytest.mark.parametrize(
+    "h, w, scan_impl", [(7, 9, "chunked"), (7, 9, "reference"), (4, 4, "chunked"), (3, 2, "chunked"), (1, 5, "chunked")]
+)
 def test_matches_a_numpy_transcription_of_the_official_forward(h, w, scan_impl):
     x = np.random.default_rng(1).standard_normal((2, h, w, D_MODEL)).astype(np.float32)
     expected = official_forward(official_weights(), x)
@@ -164,13 +183,16 @@ def test_bfloat16_compute_stays_close_to_float32():
     assert float(jnp.abs(y_low.astype(jnp.float32) - y).max()) < 0.05 * float(jnp.abs(y).max())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(d_model=0), r"d_model must be a positive int, got 0"),
-    (dict(d_model=8, conv_size=4), r"conv_size must be odd, got 4"),
-    (dict(d_model=8, dt_init="zeros"), r"dt_init must be one of \('random', 'constant'\), got 'zeros'"),
-    (dict(d_model=8, dt_rank=0), r"dt_rank \(or 'auto'\) must be a positive int, got 0"),
-    (dict(d_model=8, scan_impl="cuda"), r"impl must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(d_model=0), r"d_model must be a positive int, got 0"),
+        (dict(d_model=8, conv_size=4), r"conv_size must be odd, got 4"),
+        (dict(d_model=8, dt_init="zeros"), r"dt_init must be one of \('random', 'constant'\), got 'zeros'"),
+        (dict(d_model=8, dt_rank=0), r"dt_rank \(or 'auto'\) must be a positive int, got 0"),
+        (dict(d_model=8, scan_impl="cuda"), r"impl must be one of"),
+    ],
+)
 def test_bad_constructor_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PlainMamba2D(**kwargs, rngs=nnx.Rngs(0))

@@ -37,20 +37,24 @@ def test_snakes_step_between_grid_neighbours_and_directions_name_each_step(h, w)
 
 def test_cross_scan_is_row_major_column_major_and_their_reverses():
     result = scan_orders.cross_scan(2, 3)  # raster: 0 1 2 / 3 4 5
-    np.testing.assert_array_equal(result.orders, [[0, 1, 2, 3, 4, 5], [0, 3, 1, 4, 2, 5],
-                                                  [5, 4, 3, 2, 1, 0], [5, 2, 4, 1, 3, 0]])
+    np.testing.assert_array_equal(
+        result.orders, [[0, 1, 2, 3, 4, 5], [0, 3, 1, 4, 2, 5], [5, 4, 3, 2, 1, 0], [5, 2, 4, 1, 3, 0]]
+    )
     assert result.directions is None
 
 
 def test_zigzag_4x4_matches_the_official_orders():
     """The orders get_permute_order returns on 4x4 (measured, docs/official_code.md#plainmamba-scan-orders)."""
     result = scan_orders.zigzag(4, 4)
-    np.testing.assert_array_equal(result.orders, [
-        [0, 1, 2, 3, 7, 6, 5, 4, 8, 9, 10, 11, 15, 14, 13, 12],
-        [12, 13, 14, 15, 11, 10, 9, 8, 4, 5, 6, 7, 3, 2, 1, 0],
-        [0, 4, 8, 12, 13, 9, 5, 1, 2, 6, 10, 14, 15, 11, 7, 3],
-        [3, 7, 11, 15, 14, 10, 6, 2, 1, 5, 9, 13, 12, 8, 4, 0],
-    ])
+    np.testing.assert_array_equal(
+        result.orders,
+        [
+            [0, 1, 2, 3, 7, 6, 5, 4, 8, 9, 10, 11, 15, 14, 13, 12],
+            [12, 13, 14, 15, 11, 10, 9, 8, 4, 5, 6, 7, 3, 2, 1, 0],
+            [0, 4, 8, 12, 13, 9, 5, 1, 2, 6, 10, 14, 15, 11, 7, 3],
+            [3, 7, 11, 15, 14, 10, 6, 2, 1, 5, 9, 13, 12, 8, 4, 0],
+        ],
+    )
 
 
 def test_zigzag_odd_height_matches_the_official_rules():
@@ -58,10 +62,12 @@ def test_zigzag_odd_height_matches_the_official_rules():
     odd, scan 3 starts top-right when W is even; ids 0 start, 1 right, 2 left, 3 up, 4 down,
     each the move that reached the step."""
     result = scan_orders.zigzag(3, 2)
-    np.testing.assert_array_equal(result.orders, [[0, 1, 3, 2, 4, 5], [5, 4, 2, 3, 1, 0],
-                                                  [0, 2, 4, 5, 3, 1], [1, 3, 5, 4, 2, 0]])
-    np.testing.assert_array_equal(result.directions, [[0, 1, 4, 2, 4, 1], [0, 2, 3, 1, 3, 2],
-                                                      [0, 4, 4, 1, 3, 3], [0, 4, 4, 2, 3, 3]])
+    np.testing.assert_array_equal(
+        result.orders, [[0, 1, 3, 2, 4, 5], [5, 4, 2, 3, 1, 0], [0, 2, 4, 5, 3, 1], [1, 3, 5, 4, 2, 0]]
+    )
+    np.testing.assert_array_equal(
+        result.directions, [[0, 1, 4, 2, 4, 1], [0, 2, 3, 1, 3, 2], [0, 4, 4, 1, 3, 3], [0, 4, 4, 2, 3, 3]]
+    )
 
 
 def official_rule_walk(h, w, scan):

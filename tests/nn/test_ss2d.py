@@ -37,7 +37,7 @@ def reference_ss2d(x_nhwc, sd, *, gated, d_state, dt_rank, eps=1e-5):
     conv = np.zeros_like(x)
     for i in range(k):
         for j in range(k):
-            conv += padded[:, :, i:i + H, j:j + W] * weight[None, :, 0, i, j, None, None]
+            conv += padded[:, :, i : i + H, j : j + W] * weight[None, :, 0, i, j, None, None]
     if "conv2d.bias" in sd:
         conv += sd["conv2d.bias"][None, :, None, None]
     x = silu(conv)
@@ -45,7 +45,7 @@ def reference_ss2d(x_nhwc, sd, *, gated, d_state, dt_rank, eps=1e-5):
     x_hwwh = np.stack([x.reshape(B, D, L), x.transpose(0, 1, 3, 2).reshape(B, D, L)], axis=1)
     xs = np.concatenate([x_hwwh, np.flip(x_hwwh, axis=-1)], axis=1)  # (B, K, D, L)
     x_dbl = np.einsum("bkdl,kcd->bkcl", xs, sd["x_proj_weight"])
-    dts, Bs, Cs = x_dbl[:, :, :R], x_dbl[:, :, R:R + N], x_dbl[:, :, R + N:]
+    dts, Bs, Cs = x_dbl[:, :, :R], x_dbl[:, :, R : R + N], x_dbl[:, :, R + N :]
     dts = np.einsum("bkrl,kdr->bkdl", dts, sd["dt_projs_weight"])
 
     u = xs.reshape(B, K * D, L)
@@ -75,7 +75,7 @@ def reference_ss2d(x_nhwc, sd, *, gated, d_state, dt_rank, eps=1e-5):
 
 def random_official_weights(rng, *, d_model, d_inner, d_state, dt_rank, gated, conv_bias, k=3):
     """Official SS2D state dict, every tensor away from its default (as the fixtures perturb)."""
-    normal = lambda *shape, s=0.2: (s * rng.standard_normal(shape))
+    normal = lambda *shape, s=0.2: s * rng.standard_normal(shape)
     sd = {
         "in_proj.weight": normal((2 if gated else 1) * d_inner, d_model),
         "conv2d.weight": normal(d_inner, 1, k, k, s=0.3),
@@ -96,7 +96,7 @@ def random_official_weights(rng, *, d_model, d_inner, d_state, dt_rank, gated, c
 @pytest.mark.parametrize(
     "forward_type, d_state, ssm_ratio, conv_bias, grid",
     [
-        ("v0", 4, 2.0, True, (5, 7)),        # original SS2D: z-gated, conv bias, d_state > 1
+        ("v0", 4, 2.0, True, (5, 7)),  # original SS2D: z-gated, conv bias, d_state > 1
         ("v05_noz", 1, 1.0, False, (7, 4)),  # released v2/v3 layer on a non-square grid
         ("v05_noz", 2, 2.0, False, (1, 6)),  # a single row
     ],
@@ -105,14 +105,21 @@ def test_matches_numpy_port_of_the_official_forward(forward_type, d_state, ssm_r
     d_model = 20
     d_inner, dt_rank, gated = int(ssm_ratio * d_model), math.ceil(d_model / 16), forward_type == "v0"
     rng = np.random.default_rng(0)
-    sd = random_official_weights(rng, d_model=d_model, d_inner=d_inner, d_state=d_state, dt_rank=dt_rank,
-                                 gated=gated, conv_bias=conv_bias)
-    layer = SS2D(d_model, d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=conv_bias, forward_type=forward_type,
-                 rngs=nnx.Rngs(0))
+    sd = random_official_weights(
+        rng, d_model=d_model, d_inner=d_inner, d_state=d_state, dt_rank=dt_rank, gated=gated, conv_bias=conv_bias
+    )
+    layer = SS2D(
+        d_model, d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=conv_bias, forward_type=forward_type, rngs=nnx.Rngs(0)
+    )
     load_state_dict(layer, sd)
     x = rng.standard_normal((2, *grid, d_model)).astype(np.float32)
-    expected = reference_ss2d(x.astype(np.float64), {k: v.astype(np.float64) for k, v in sd.items()},
-                              gated=gated, d_state=d_state, dt_rank=dt_rank)
+    expected = reference_ss2d(
+        x.astype(np.float64),
+        {k: v.astype(np.float64) for k, v in sd.items()},
+        gated=gated,
+        d_state=d_state,
+        dt_rank=dt_rank,
+    )
     np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(layer, jnp.asarray(x)), expected, atol=1e-5, rtol=0)
 
 
@@ -140,13 +147,16 @@ def test_odd_grid_keeps_shape_under_jit_and_grad():
         assert np.all(np.isfinite(g[...])) and np.any(g[...] != 0), path
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(forward_type="v2"), "forward_type"),
-    (dict(d_conv=4), "d_conv"),
-    (dict(d_state=0), "d_state"),
-    (dict(ssm_ratio=0.01), "ssm_ratio"),
-    (dict(scan_impl="fast"), "impl"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(forward_type="v2"), "forward_type"),
+        (dict(d_conv=4), "d_conv"),
+        (dict(d_state=0), "d_state"),
+        (dict(ssm_ratio=0.01), "ssm_ratio"),
+        (dict(scan_impl="fast"), "impl"),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         SS2D(16, rngs=nnx.Rngs(0), **kwargs)
@@ -161,7 +171,9 @@ def test_flop_count_is_the_papers_analytic_count():
     C, E, N, R, K, H, W = 96, 96, 1, 6, 4, 7, 9  # VMamba-T stage-0 widths on an odd grid
     layer = nnx.eval_shape(lambda: SS2D(C, d_state=N, rngs=nnx.Rngs(0)))
     L = H * W
-    expected = L * C * E + L * E * 9 + K * L * E * (R + 2 * N) + K * L * R * E + 9 * L * K * E * N + L * K * E + L * E * C
+    expected = (
+        L * C * E + L * E * 9 + K * L * E * (R + 2 * N) + K * L * R * E + 9 * L * K * E * N + L * K * E + L * E * C
+    )
     graphdef, state = nnx.split(layer)
     flops = count_flops(lambda s, x: nnx.merge(graphdef, s)(x), state, jax.ShapeDtypeStruct((1, H, W, C), jnp.float32))
     assert flops == expected

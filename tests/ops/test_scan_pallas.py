@@ -31,16 +31,25 @@ BF16_EPS = float(jnp.finfo(jnp.bfloat16).eps)  # 2^-7
 
 # name: (random_args shape, TPU tiling constants, options, expected TPU tiling)
 CASES = {
-    "one_tile": (dict(batch=2, length=13, channels=6, state=4), {}, "all",
-                 scan_pallas_tpu.Tiling(13, 1, 6, 1)),
-    "many_tiles_partial_last": (dict(batch=2, length=20, channels=256, state=16),
-                                dict(MAX_SEQ_TILE=8, CHANNEL_TILE=128), "all",
-                                scan_pallas_tpu.Tiling(8, 3, 128, 2)),
-    "groups_straddle_tiles_state_1": (dict(batch=1, length=150, channels=384, state=1, groups=2),
-                                      dict(MAX_SEQ_TILE=128, CHANNEL_TILE=128), "all",
-                                      scan_pallas_tpu.Tiling(128, 2, 128, 3)),
-    "grouped_no_options": (dict(batch=2, length=11, channels=24, state=4, groups=3), {}, "none",
-                           scan_pallas_tpu.Tiling(11, 1, 24, 1)),
+    "one_tile": (dict(batch=2, length=13, channels=6, state=4), {}, "all", scan_pallas_tpu.Tiling(13, 1, 6, 1)),
+    "many_tiles_partial_last": (
+        dict(batch=2, length=20, channels=256, state=16),
+        dict(MAX_SEQ_TILE=8, CHANNEL_TILE=128),
+        "all",
+        scan_pallas_tpu.Tiling(8, 3, 128, 2),
+    ),
+    "groups_straddle_tiles_state_1": (
+        dict(batch=1, length=150, channels=384, state=1, groups=2),
+        dict(MAX_SEQ_TILE=128, CHANNEL_TILE=128),
+        "all",
+        scan_pallas_tpu.Tiling(128, 2, 128, 3),
+    ),
+    "grouped_no_options": (
+        dict(batch=2, length=11, channels=24, state=4, groups=3),
+        {},
+        "none",
+        scan_pallas_tpu.Tiling(11, 1, 24, 1),
+    ),
 }
 
 
@@ -65,8 +74,10 @@ def scan_and_grads(args, options, impl, dtype=jnp.float32):
         args["delta"] = np.abs(args["delta"])  # a raw step must be >= 0 without softplus
         for name in ("D", "z", "delta_bias"):
             args[name] = None
-    low = {k: None if v is None else jnp.asarray(v, dtype if k in ("u", "delta", "B", "C", "z") else jnp.float32)
-           for k, v in args.items()}
+    low = {
+        k: None if v is None else jnp.asarray(v, dtype if k in ("u", "delta", "B", "C", "z") else jnp.float32)
+        for k, v in args.items()
+    }
     present = tuple(k for k in ARG_NAMES if low[k] is not None)
     rng = np.random.default_rng(7)
     y_weights = jnp.asarray(rng.standard_normal(args["u"].shape), jnp.float32)
@@ -79,8 +90,9 @@ def scan_and_grads(args, options, impl, dtype=jnp.float32):
 
     values = [low[k] for k in present]
     if use_all:
-        y, last_state = jax.jit(lambda *v: selective_scan(**dict(zip(present, v)),
-                                                          return_last_state=True, **kwargs))(*values)
+        y, last_state = jax.jit(lambda *v: selective_scan(**dict(zip(present, v)), return_last_state=True, **kwargs))(
+            *values
+        )
     else:  # the path without the last state output
         y, last_state = jax.jit(lambda *v: selective_scan(**dict(zip(present, v)), **kwargs))(*values), None
     grads = jax.jit(jax.grad(loss, argnums=tuple(range(len(present)))))(*values)
@@ -92,8 +104,10 @@ def scan_and_grads(args, options, impl, dtype=jnp.float32):
 def test_kernel_in_interpret_mode_matches_reference_forward_and_gradients(kernel, case, small_tiles):
     shape, tpu_constants, options, expected_tiling = CASES[case]
     small_tiles(tpu_constants)
-    assert scan_pallas_tpu.plan_tiling(shape["length"], shape["channels"], shape["state"],
-                                       shape.get("groups") or 1) == expected_tiling
+    assert (
+        scan_pallas_tpu.plan_tiling(shape["length"], shape["channels"], shape["state"], shape.get("groups") or 1)
+        == expected_tiling
+    )
     args = random_args(**shape, seed=1)
     y, last_state, grads = scan_and_grads(args, options, kernel)
     expected_y, expected_state, expected_grads = scan_and_grads(args, options, "reference")
@@ -119,8 +133,7 @@ def test_bfloat16_inputs_match_reference_within_one_bfloat16_step(kernel, small_
     expected_y, expected_state, expected_grads = scan_and_grads(args, "all", "reference", jnp.bfloat16)
     assert y.dtype == jnp.bfloat16
     as32 = lambda x: np.asarray(x, np.float32)
-    np.testing.assert_allclose(as32(y), as32(expected_y), rtol=BF16_EPS,
-                               atol=BF16_EPS * np.abs(as32(expected_y)).max())
+    np.testing.assert_allclose(as32(y), as32(expected_y), rtol=BF16_EPS, atol=BF16_EPS * np.abs(as32(expected_y)).max())
     np.testing.assert_allclose(last_state, expected_state, atol=1e-5, rtol=1e-5)
     for name, expected in expected_grads.items():
         assert grads[name].dtype == expected.dtype, name
@@ -139,8 +152,7 @@ def test_kernel_in_interpret_mode_matches_mamba_ssm_reference_fixture(load_fixtu
     channels_last = lambda x: np.moveaxis(x, -1, 1)  # (batch, D, L), (batch, [G,] N, L) stored
     args = {k: channels_last(arrays[k]) for k in ("u", "delta", "z", "B", "C")}
     args.update(A=arrays["A"], D=arrays["D"], delta_bias=arrays["delta_bias"])
-    y, last_state = selective_scan(**args, delta_softplus=True, return_last_state=True, impl=kernel,
-                                   interpret=True)
+    y, last_state = selective_scan(**args, delta_softplus=True, return_last_state=True, impl=kernel, interpret=True)
     np.testing.assert_allclose(channels_last(np.asarray(y)), arrays["out"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(last_state, arrays["last_state"], atol=1e-5, rtol=0)
 
@@ -158,8 +170,16 @@ def abstract_args(batch, length, channels, state, groups):
     bc = (batch, length, state) if groups is None else (batch, length, groups, state)
     bf16 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
     f32 = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-    return (bf16((batch, length, channels)), bf16((batch, length, channels)), f32((channels, state)),
-            bf16(bc), bf16(bc), f32((channels,)), bf16((batch, length, channels)), f32((channels,)))
+    return (
+        bf16((batch, length, channels)),
+        bf16((batch, length, channels)),
+        f32((channels, state)),
+        bf16(bc),
+        bf16(bc),
+        f32((channels,)),
+        bf16((batch, length, channels)),
+        f32((channels,)),
+    )
 
 
 def lowered_text(impl, args, platform, backward):
@@ -185,8 +205,9 @@ def test_tpu_kernel_lowers_for_tpu_at_layer_shapes(layer, backward):
 def test_tpu_lowering_rejects_an_illegal_tile(monkeypatch):
     """The check above has teeth: a 64-lane channel tile (not a multiple of 128, not all channels)
     passes interpret mode but not the Mosaic lowering."""
-    monkeypatch.setattr(scan_pallas_tpu, "plan_tiling",
-                        lambda length, channels, state, groups: scan_pallas_tpu.Tiling(8, 2, 64, 4))
+    monkeypatch.setattr(
+        scan_pallas_tpu, "plan_tiling", lambda length, channels, state, groups: scan_pallas_tpu.Tiling(8, 2, 64, 4)
+    )
     with pytest.raises(Exception, match="divisible by 8 and 128"):
         lowered_text("pallas_tpu", abstract_args(1, 16, 256, 16, None), "tpu", backward=False)
 
@@ -196,8 +217,7 @@ def test_tpu_lowering_rejects_an_illegal_tile(monkeypatch):
 @pytest.mark.parametrize("layer", LAYER_SHAPES)
 def test_gpu_kernel_lowers_for_cuda_at_layer_shapes(layer, backward):
     """Lowering for 'cuda' on a CPU-only host needs an abstract GPU device in scope."""
-    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", platform="gpu",
-                                         num_cores=132)
+    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", platform="gpu", num_cores=132)
     with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=device)):
         text = lowered_text("pallas_gpu", abstract_args(*LAYER_SHAPES[layer]), "cuda", backward)
     assert text.count("__gpu$xla.gpu.triton") == (2 if backward else 1)
@@ -223,10 +243,13 @@ def test_interpret_must_be_none_a_bool_or_interpret_params():
         selective_scan(**args, impl="pallas", interpret="yes")
 
 
-@pytest.mark.parametrize("kernel, shape", [
-    ("pallas_gpu", dict(batch=1, length=5, channels=4, state=3)),  # state not a power of two
-    ("pallas_tpu", dict(batch=1, length=4, channels=8000, state=16)),  # tiles exceed VMEM
-])
+@pytest.mark.parametrize(
+    "kernel, shape",
+    [
+        ("pallas_gpu", dict(batch=1, length=5, channels=4, state=3)),  # state not a power of two
+        ("pallas_tpu", dict(batch=1, length=4, channels=8000, state=16)),  # tiles exceed VMEM
+    ],
+)
 def test_shapes_a_kernel_cannot_take_fall_back_to_chunked_with_one_warning(kernel, shape):
     scan_pallas._warned.clear()
     args = random_args(**shape)
@@ -243,10 +266,8 @@ def test_interpret_params_run_the_tpu_kernel_in_the_tpu_interpreter():
     from jax.experimental.pallas import tpu as pltpu
 
     args = random_args(batch=1, length=9, channels=4, state=2, groups=2, seed=4)
-    y = selective_scan(**args, delta_softplus=True, impl="pallas_tpu",
-                       interpret=pltpu.InterpretParams())
-    np.testing.assert_allclose(y, selective_scan(**args, delta_softplus=True, impl="reference"),
-                               atol=1e-5, rtol=1e-5)
+    y = selective_scan(**args, delta_softplus=True, impl="pallas_tpu", interpret=pltpu.InterpretParams())
+    np.testing.assert_allclose(y, selective_scan(**args, delta_softplus=True, impl="reference"), atol=1e-5, rtol=1e-5)
 
 
 SHARDED_SCRIPT = textwrap.dedent("""
@@ -294,8 +315,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_inputs_run_per_shard_through_shard_map():
-    result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
 
 

@@ -70,8 +70,7 @@ def channels_last_fixture(arrays):
 def test_matches_mamba_ssm_reference_fixture(load_fixture, fixture, impl):
     arrays, _ = load_fixture(fixture)
     args = channels_last_fixture(arrays)
-    y, last_state = selective_scan(**args, delta_softplus=True, return_last_state=True, impl=impl,
-                                   chunk_size=5)
+    y, last_state = selective_scan(**args, delta_softplus=True, return_last_state=True, impl=impl, chunk_size=5)
     np.testing.assert_allclose(np.moveaxis(np.asarray(y), 1, -1), arrays["out"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(last_state, arrays["last_state"], atol=1e-5, rtol=0)
     y_no_gate = selective_scan(**{**args, "z": None}, delta_softplus=True, impl=impl, chunk_size=5)
@@ -80,12 +79,15 @@ def test_matches_mamba_ssm_reference_fixture(load_fixture, fixture, impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("groups", [None, 1, 3])
-@pytest.mark.parametrize("options", [
-    dict(),                                                  # bare recurrence + readout
-    dict(D=True, delta_softplus=True),
-    dict(z=True, delta_bias=True),
-    dict(D=True, z=True, delta_bias=True, delta_softplus=True),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),  # bare recurrence + readout
+        dict(D=True, delta_softplus=True),
+        dict(z=True, delta_bias=True),
+        dict(D=True, z=True, delta_bias=True, delta_softplus=True),
+    ],
+)
 def test_matches_numpy_oracle_for_every_option(impl, groups, options):
     args = random_args(groups=groups)
     kwargs = {k: args[k] for k in ("D", "z", "delta_bias") if options.get(k)}
@@ -93,8 +95,9 @@ def test_matches_numpy_oracle_for_every_option(impl, groups, options):
     if not softplus:
         args["delta"] = np.abs(args["delta"])  # a raw step size must be >= 0 without softplus
     positional = [args[k] for k in ("u", "delta", "A", "B", "C")]
-    y, last_state = selective_scan(*positional, **kwargs, delta_softplus=softplus,
-                                   return_last_state=True, impl=impl, chunk_size=4)
+    y, last_state = selective_scan(
+        *positional, **kwargs, delta_softplus=softplus, return_last_state=True, impl=impl, chunk_size=4
+    )
     expected_y, expected_state = numpy_oracle(*positional, **kwargs, delta_softplus=softplus)
     np.testing.assert_allclose(y, expected_y, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(last_state, expected_state, atol=1e-5, rtol=1e-5)
@@ -109,8 +112,7 @@ def scan_gradients(impl, grouped):
     state_weights = rng.standard_normal((2, 6, 4)).astype(np.float32)
 
     def loss(*values):
-        y, last_state = selective_scan(*values, delta_softplus=True, return_last_state=True,
-                                       impl=impl, chunk_size=3)
+        y, last_state = selective_scan(*values, delta_softplus=True, return_last_state=True, impl=impl, chunk_size=3)
         return jnp.sum(y * y_weights) + jnp.sum(last_state * state_weights)
 
     grads = jax.jit(jax.grad(loss, argnums=tuple(range(8))))(*(args[k] for k in ARG_NAMES))
@@ -160,8 +162,9 @@ class JitAndEagerTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_matches_numpy_oracle(self):
         args = random_args(seed=5)
-        scan = self.variant(selective_scan, static_argnames=("delta_softplus", "return_last_state", "impl",
-                                                             "chunk_size"))
+        scan = self.variant(
+            selective_scan, static_argnames=("delta_softplus", "return_last_state", "impl", "chunk_size")
+        )
         y, last_state = scan(**args, delta_softplus=True, return_last_state=True, impl="chunked", chunk_size=4)
         chex.assert_shape(y, args["u"].shape)
         chex.assert_shape(last_state, (2, 6, 4))
@@ -176,24 +179,34 @@ def _with(**changes):
     return args
 
 
-@pytest.mark.parametrize("args, kwargs, message", [
-    (_with(u=np.zeros((2, 13))), {}, r"u must have shape \(batch, length, channels\)"),
-    (_with(delta=np.zeros((2, 12, 6), np.float32)), {}, r"delta must have u's shape"),
-    (_with(z=np.zeros((2, 13, 5), np.float32)), {}, r"z must have u's shape"),
-    (_with(A=np.zeros((5, 4), np.float32)), {}, r"A must have shape \(channels, state\) = \(6, state\)"),
-    (_with(B=np.zeros((2, 13, 3), np.float32)), {}, r"B must have shape \(2, 13, 4\)"),
-    (_with(B=np.zeros((2, 13), np.float32)), {}, r"B must have shape \(batch, length, state\) or"),
-    (_with(B=np.zeros((2, 13, 4, 4), np.float32), C=np.zeros((2, 13, 4, 4), np.float32)), {},
-     r"groups of B \(4\) must divide channels \(6\)"),
-    (_with(C=np.zeros((2, 13, 5), np.float32)), {}, r"C must have B's shape"),
-    (_with(D=np.zeros((5,), np.float32)), {}, r"D must have shape \(channels,\) = \(6,\)"),
-    (_with(delta_bias=np.zeros((6, 1), np.float32)), {}, r"delta_bias must have shape \(channels,\)"),
-    (_with(u=np.zeros((2, 13, 6), np.int32)), {}, r"u must have a real floating dtype, got int32"),
-    (_with(A=np.zeros((6, 4), np.complex64)), {}, r"complex A is not supported"),
-    (_with(), {"impl": "cuda"}, r"impl must be one of \('auto', 'reference', 'associative', 'chunked', 'pallas', "
-                             r"'pallas_tpu', 'pallas_gpu'\)"),
-    (_with(), {"chunk_size": 0}, r"chunk_size must be a positive int, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        (_with(u=np.zeros((2, 13))), {}, r"u must have shape \(batch, length, channels\)"),
+        (_with(delta=np.zeros((2, 12, 6), np.float32)), {}, r"delta must have u's shape"),
+        (_with(z=np.zeros((2, 13, 5), np.float32)), {}, r"z must have u's shape"),
+        (_with(A=np.zeros((5, 4), np.float32)), {}, r"A must have shape \(channels, state\) = \(6, state\)"),
+        (_with(B=np.zeros((2, 13, 3), np.float32)), {}, r"B must have shape \(2, 13, 4\)"),
+        (_with(B=np.zeros((2, 13), np.float32)), {}, r"B must have shape \(batch, length, state\) or"),
+        (
+            _with(B=np.zeros((2, 13, 4, 4), np.float32), C=np.zeros((2, 13, 4, 4), np.float32)),
+            {},
+            r"groups of B \(4\) must divide channels \(6\)",
+        ),
+        (_with(C=np.zeros((2, 13, 5), np.float32)), {}, r"C must have B's shape"),
+        (_with(D=np.zeros((5,), np.float32)), {}, r"D must have shape \(channels,\) = \(6,\)"),
+        (_with(delta_bias=np.zeros((6, 1), np.float32)), {}, r"delta_bias must have shape \(channels,\)"),
+        (_with(u=np.zeros((2, 13, 6), np.int32)), {}, r"u must have a real floating dtype, got int32"),
+        (_with(A=np.zeros((6, 4), np.complex64)), {}, r"complex A is not supported"),
+        (
+            _with(),
+            {"impl": "cuda"},
+            r"impl must be one of \('auto', 'reference', 'associative', 'chunked', 'pallas', "
+            r"'pallas_tpu', 'pallas_gpu'\)",
+        ),
+        (_with(), {"chunk_size": 0}, r"chunk_size must be a positive int, got 0"),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_the_argument(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         selective_scan(**args, **kwargs)

@@ -10,17 +10,20 @@ from sarf_jax.reduction import schedules
 X = jnp.ones((2, 7, 7, 3))
 
 
-@pytest.mark.parametrize("method, out_hw, match", [
-    ("sarf_tome", (3, 7), r"sarf_tome can reduce H=7 to 4 \.\. 7.*got H'=3"),  # > one per pair
-    ("sarf_tome", (7, 8), r"W=7 to 4 \.\. 7"),
-    ("sarf_evit", (8, 7), r"sarf_evit can reduce H=7 to 1 \.\. 7"),
-    ("evit", (8, 8), r"evit keeps 1 \.\. 49 of the 7×7 tokens; got 8×8 = 64"),
-    ("tome", (4, 6), r"tome keeps 25 \.\. 49 .*L//2.*got 4×6 = 24"),
-    ("none", (6, 6), r"method 'none' keeps the grid"),
-    ("sarf_evit", (0, 7), r"out_hw: expected \(height, width\), two ints >= 1"),
-    ("sarf_evit", (7,), r"out_hw: expected \(height, width\)"),
-    ("sarf_evit", (7.0, 7), r"out_hw"),
-])
+@pytest.mark.parametrize(
+    "method, out_hw, match",
+    [
+        ("sarf_tome", (3, 7), r"sarf_tome can reduce H=7 to 4 \.\. 7.*got H'=3"),  # > one per pair
+        ("sarf_tome", (7, 8), r"W=7 to 4 \.\. 7"),
+        ("sarf_evit", (8, 7), r"sarf_evit can reduce H=7 to 1 \.\. 7"),
+        ("evit", (8, 8), r"evit keeps 1 \.\. 49 of the 7×7 tokens; got 8×8 = 64"),
+        ("tome", (4, 6), r"tome keeps 25 \.\. 49 .*L//2.*got 4×6 = 24"),
+        ("none", (6, 6), r"method 'none' keeps the grid"),
+        ("sarf_evit", (0, 7), r"out_hw: expected \(height, width\), two ints >= 1"),
+        ("sarf_evit", (7,), r"out_hw: expected \(height, width\)"),
+        ("sarf_evit", (7.0, 7), r"out_hw"),
+    ],
+)
 def test_budget_larger_than_the_grid_or_unreachable(method, out_hw, match):
     with pytest.raises(ValueError, match=match):
         reduction.reduce_grid(X, method=method, out_hw=out_hw)
@@ -33,9 +36,11 @@ def test_errors_come_before_tracing_under_jit():
 
 def test_unknown_method_lists_the_valid_ones():
     valid = "none, sarf_tome, sarf_evit, evit, tome, random, hsa, quartermap"
-    for make in (lambda: reduction.Spec("storm", "hybrid_2p1"),
-                 lambda: reduction.Reducer("storm"),
-                 lambda: reduction.reduce_grid(X, method="storm", out_hw=(5, 5))):
+    for make in (
+        lambda: reduction.Spec("storm", "hybrid_2p1"),
+        lambda: reduction.Reducer("storm"),
+        lambda: reduction.reduce_grid(X, method="storm", out_hw=(5, 5)),
+    ):
         with pytest.raises(ValueError, match=f"method: unknown 'storm'; valid: {valid}"):
             make()
 
@@ -47,8 +52,10 @@ def test_unknown_schedule_name_lists_the_valid_ones():
 
 @pytest.mark.parametrize("window", [0, -1, 2.5, True])
 def test_window_must_be_a_positive_int(window):
-    for make in (lambda: reduction.Spec("sarf_tome", "hybrid_2p1", window=window),
-                 lambda: reduction.reduce_grid(X, method="sarf_tome", out_hw=(5, 5), window=window)):
+    for make in (
+        lambda: reduction.Spec("sarf_tome", "hybrid_2p1", window=window),
+        lambda: reduction.reduce_grid(X, method="sarf_tome", out_hw=(5, 5), window=window),
+    ):
         with pytest.raises(ValueError, match=r"window: expected an int >= 1"):
             make()
 

@@ -55,8 +55,7 @@ def test_plan_reproduces_official_outputs_on_both_tensors(load_fixture, name, me
         for tensor, expected in ((x, data["out"]), (y, data["out_y"])):
             out = nchw(plan(tensor))
             assert out.shape == expected.shape
-            np.testing.assert_allclose(out, expected, rtol=0, atol=TOLERANCE,
-                                       err_msg=f"{name} {case['case']}")
+            np.testing.assert_allclose(out, expected, rtol=0, atol=TOLERANCE, err_msg=f"{name} {case['case']}")
 
 
 def test_reduce_grid_with_the_branch_as_metric_is_the_official_tome_call(load_fixture):

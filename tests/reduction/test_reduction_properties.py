@@ -29,21 +29,24 @@ class Problem(NamedTuple):
     options: dict
 
 
-PROBLEMS = [Problem(*problem) for problem in [
-    ("sarf_tome", (7, 7), (4, 5), {}),  # the largest budget on an odd grid
-    ("sarf_tome", (6, 9), (5, 6), {"window": 2}),
-    ("sarf_tome", (8, 3), (8, 2), {"window": 1}),  # row stage only
-    ("sarf_tome", (7, 7), (4, 5), {"merge": "mean"}),
-    ("sarf_tome", (5, 8), (4, 8), {"merge": "mean"}),  # column stage only
-    ("sarf_evit", (7, 7), (2, 5), {"window": 3}),
-    ("sarf_evit", (6, 9), (6, 4), {"window": 20}),  # row stage only; a window longer than a row
-    ("sarf_evit", (5, 8), (3, 8), {}),  # column stage only
-    ("evit", (7, 7), (3, 2), {}),
-    ("hsa", (6, 7), (5, 5), {}),
-    ("random", (6, 7), (4, 4), {}),
-    ("tome", (7, 7), (5, 5), {"tome_prune": False}),  # r = 24 = L//2, the most it can remove
-    ("tome", (6, 9), (7, 4), {"tome_prune": True}),  # re-wrapped into a non-square grid
-]]
+PROBLEMS = [
+    Problem(*problem)
+    for problem in [
+        ("sarf_tome", (7, 7), (4, 5), {}),  # the largest budget on an odd grid
+        ("sarf_tome", (6, 9), (5, 6), {"window": 2}),
+        ("sarf_tome", (8, 3), (8, 2), {"window": 1}),  # row stage only
+        ("sarf_tome", (7, 7), (4, 5), {"merge": "mean"}),
+        ("sarf_tome", (5, 8), (4, 8), {"merge": "mean"}),  # column stage only
+        ("sarf_evit", (7, 7), (2, 5), {"window": 3}),
+        ("sarf_evit", (6, 9), (6, 4), {"window": 20}),  # row stage only; a window longer than a row
+        ("sarf_evit", (5, 8), (3, 8), {}),  # column stage only
+        ("evit", (7, 7), (3, 2), {}),
+        ("hsa", (6, 7), (5, 5), {}),
+        ("random", (6, 7), (4, 4), {}),
+        ("tome", (7, 7), (5, 5), {"tome_prune": False}),  # r = 24 = L//2, the most it can remove
+        ("tome", (6, 9), (7, 4), {"tome_prune": True}),  # re-wrapped into a non-square grid
+    ]
+]
 IDS = [f"{m}-{i[0]}x{i[1]}-to-{o[0]}x{o[1]}-{i_}" for i_, (m, i, o, _) in enumerate(PROBLEMS)]
 
 
@@ -63,8 +66,14 @@ def evaluate(index):
         return plan, plan(x), plan(jnp.full_like(x, 0.7)), plan.matrix()
 
     plan, out, constant, matrix = run(x)
-    return dict(plan=plan, x=np.asarray(x), out=np.asarray(out), constant=np.asarray(constant),
-                support=np.asarray(matrix) != 0, matrix=np.asarray(matrix))
+    return dict(
+        plan=plan,
+        x=np.asarray(x),
+        out=np.asarray(out),
+        constant=np.asarray(constant),
+        support=np.asarray(matrix) != 0,
+        matrix=np.asarray(matrix),
+    )
 
 
 def problems(*methods, where=lambda problem: True):
@@ -142,8 +151,7 @@ def test_baselines_keep_raster_order(index):
     assert (np.diff(keep, axis=-1) > 0).all()
 
 
-@problems("sarf_tome", "tome",
-          where=lambda p: p.options.get("merge") == "mean" or p.options.get("tome_prune") is False)
+@problems("sarf_tome", "tome", where=lambda p: p.options.get("merge") == "mean" or p.options.get("tome_prune") is False)
 def test_mean_merge_of_a_constant_grid_is_that_constant(index):
     np.testing.assert_allclose(evaluate(index)["constant"], 0.7, rtol=1e-6)
 
@@ -166,11 +174,15 @@ def test_zero_budget_is_the_identity_inside_each_planner():
     """Not only the shortcut: each planner itself leaves the grid alone when asked to keep it."""
     in_hw = (5, 6)
     x = grid((2, *in_hw, 3))
-    planners = (functools.partial(sarf.sarf_tome_plan, merge="sum"),
-                functools.partial(sarf.sarf_tome_plan, merge="mean"), sarf.sarf_evit_plan,
-                baselines.evit_plan, baselines.hsa_plan,
-                functools.partial(baselines.tome_plan, prune=False),
-                lambda x, out_hw: baselines.random_plan(x, out_hw, jax.random.key(1)))
+    planners = (
+        functools.partial(sarf.sarf_tome_plan, merge="sum"),
+        functools.partial(sarf.sarf_tome_plan, merge="mean"),
+        sarf.sarf_evit_plan,
+        baselines.evit_plan,
+        baselines.hsa_plan,
+        functools.partial(baselines.tome_plan, prune=False),
+        lambda x, out_hw: baselines.random_plan(x, out_hw, jax.random.key(1)),
+    )
     for planner in planners:
         np.testing.assert_array_equal(jax.jit(lambda x: planner(x, in_hw)(x))(x), x)
 
@@ -223,5 +235,4 @@ def test_random_plan_is_shared_by_the_batch_and_follows_the_key():
     plan = reducer.plan(x, (4, 4), key=jax.random.key(3))
     assert (np.asarray(plan.index) == np.asarray(plan.index[:1])).all()
     assert not np.array_equal(plan.index, reducer.plan(x, (4, 4), key=jax.random.key(4)).index)
-    np.testing.assert_array_equal(reducer.plan(x, (4, 4)).index,
-                                  reducer.plan(x, (4, 4), key=jax.random.key(0)).index)
+    np.testing.assert_array_equal(reducer.plan(x, (4, 4)).index, reducer.plan(x, (4, 4), key=jax.random.key(0)).index)

@@ -79,8 +79,7 @@ def test_fill_nearest_is_the_exact_euclidean_nearest_with_lowest_index_ties():
     for shape, density in [((3, 7, 9), 0.2), ((2, 6, 6), 0.05), ((2, 5, 11), 0.6), ((1, 1, 8), 0.3)]:
         index = np.where(rng.random(shape) < density, rng.integers(0, 50, shape), 99).astype(np.int32)
         index[:, 0, 0] = 7  # at least one claimed position per image
-        np.testing.assert_array_equal(np.asarray(fill(jnp.asarray(index), 99)),
-                                      brute_force_nearest(index, 99))
+        np.testing.assert_array_equal(np.asarray(fill(jnp.asarray(index), 99)), brute_force_nearest(index, 99))
     # equidistant claims: the lower row wins, then the lower column
     ties = np.full((1, 3, 3), 9, np.int32)
     ties[0, 0, 1], ties[0, 1, 0], ties[0, 1, 2], ties[0, 2, 1] = 1, 2, 3, 4

@@ -20,16 +20,28 @@ def reductions(sites):
 def test_vmamba_small_base_hybrid_2p1_at_224_gives_the_worked_example(name):
     # docs/official_code.md#storm-budgets: stage 0 56²→52², stage 1 26²→24², stage 2 12²→11²→10²→9²→8².
     sites = schedules.trace(name, VMAMBA_SMALL_BASE, (56, 56), method="sarf_tome")
-    assert reductions(sites) == [(0, 1, 56, 52), (1, 1, 26, 24), (2, 3, 12, 11), (2, 7, 11, 10),
-                                 (2, 11, 10, 9), (2, 14, 9, 8)]
+    assert reductions(sites) == [
+        (0, 1, 56, 52),
+        (1, 1, 26, 24),
+        (2, 3, 12, 11),
+        (2, 7, 11, 10),
+        (2, 11, 10, 9),
+        (2, 14, 9, 8),
+    ]
     assert [s.in_hw for s in sites if s.block == 0] == [(56, 56), (26, 26), (12, 12), (4, 4)]
     assert len(sites) == sum(VMAMBA_SMALL_BASE)
 
 
 def test_vmamba_tiny_hybrid_2p1_reduces_at_the_odd_blocks_of_stage_3():
     sites = schedules.trace("hybrid_2p1", VMAMBA_TINY, (56, 56))
-    assert reductions(sites) == [(0, 1, 56, 52), (1, 1, 26, 24), (2, 1, 12, 11), (2, 3, 11, 10),
-                                 (2, 5, 10, 9), (2, 7, 9, 8)]
+    assert reductions(sites) == [
+        (0, 1, 56, 52),
+        (1, 1, 26, 24),
+        (2, 1, 12, 11),
+        (2, 3, 11, 10),
+        (2, 5, 10, 9),
+        (2, 7, 9, 8),
+    ]
 
 
 @pytest.mark.parametrize("level", [1, 2, 3, 4, 5])
@@ -49,10 +61,16 @@ def test_hybrid_3p1_sb_stops_at_8x8_like_the_official_16_entry_list():
     assert reductions(sites)[2:] == [(2, 3, 11, 10), (2, 7, 10, 9), (2, 11, 9, 8)]
 
 
-@pytest.mark.parametrize("name, sides", [
-    ("schedual_1", [13, 12, 10, 9]), ("schedual_2", [12, 10, 8, 6]), ("schedual_3", [10, 8, 6, 4]),
-    ("schedual_4", [10, 8, 5, 3]), ("schedual_5", [8, 6, 4, 3]),
-])
+@pytest.mark.parametrize(
+    "name, sides",
+    [
+        ("schedual_1", [13, 12, 10, 9]),
+        ("schedual_2", [12, 10, 8, 6]),
+        ("schedual_3", [10, 8, 6, 4]),
+        ("schedual_4", [10, 8, 5, 3]),
+        ("schedual_5", [8, 6, 4, 3]),
+    ],
+)
 @pytest.mark.parametrize("layers", [24, 36])  # PlainMamba-L2, -L3
 def test_plainmamba_schedules_at_224(name, sides, layers):
     sites = schedules.trace(name, (layers,), (14, 14), method="sarf_tome")

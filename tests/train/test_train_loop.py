@@ -65,8 +65,9 @@ def test_preemption_saves_at_that_step_and_resume_is_exact(reference, tmp_path, 
     assert_trees_equal(params_of(tmp_path), params_of(reference[0]))
     assert_trees_equal(params_of(tmp_path, weights="ema"), params_of(reference[0], weights="ema"))
     train = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
-    expected = [r for r in map(json.loads, (reference[0] / "metrics.jsonl").read_text().splitlines())
-                if r["split"] == "train"]
+    expected = [
+        r for r in map(json.loads, (reference[0] / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"
+    ]
     assert [r["loss"] for r in train] == [r["loss"] for r in expected]
 
 
@@ -119,14 +120,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference, tmp_path, monk
     assert_trees_equal(params_of(tmp_path, step=2), params_of(reference[0], step=2))
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("optimizer.lr", -1e-3, r"config.optimizer.lr = -0.001 is invalid: must be > 0"),
-    ("mesh.data", 2, r"config.mesh .* needs a multiple of 2 devices, but 1 are available"),
-    ("data.dir", "/nonexistent/fmnist", r"config.data.dir='/nonexistent/fmnist' has no train-images-idx3-ubyte"),
-    ("model.name", "vim_nope", r"unknown model 'vim_nope'"),
-    ("reduction", "sarf_tome:hybrid_2p1", r"config.reduction='sarf_tome:hybrid_2p1': schedule 'hybrid_2p1' exists"),
-    ("reduction", "sarf_tome:keep=0.5", r"config.reduction='sarf_tome:keep=0.5': schedule: sites=0 but"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("optimizer.lr", -1e-3, r"config.optimizer.lr = -0.001 is invalid: must be > 0"),
+        ("mesh.data", 2, r"config.mesh .* needs a multiple of 2 devices, but 1 are available"),
+        ("data.dir", "/nonexistent/fmnist", r"config.data.dir='/nonexistent/fmnist' has no train-images-idx3-ubyte"),
+        ("model.name", "vim_nope", r"unknown model 'vim_nope'"),
+        ("reduction", "sarf_tome:hybrid_2p1", r"config.reduction='sarf_tome:hybrid_2p1': schedule 'hybrid_2p1' exists"),
+        ("reduction", "sarf_tome:keep=0.5", r"config.reduction='sarf_tome:keep=0.5': schedule: sites=0 but"),
+    ],
+)
 def test_bad_config_raises_one_clear_error_and_writes_nothing(tmp_path, field, value, message):
     config = tiny_config()
     if field == "data.dir":
@@ -159,7 +163,7 @@ def test_config_reduction_is_active_in_the_training_forward_pass(tmp_path):
         config.total_steps, config.reduction, config.ema_decay = 1, reduction, 0.0
         loop.train_and_evaluate(config, tmp_path / reduction)
         lines = (tmp_path / reduction / "metrics.jsonl").read_text().splitlines()
-        losses[reduction] = next(json.loads(l)["loss"] for l in lines if json.loads(l).get("split") == "train")
+        losses[reduction] = next(json.loads(line)["loss"] for line in lines if json.loads(line).get("split") == "train")
     assert np.isfinite(list(losses.values())).all()
     assert losses["none"] != losses["sarf_tome:keep=0.5,sites=1"]
 

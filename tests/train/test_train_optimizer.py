@@ -17,13 +17,19 @@ from sarf_jax.train.step import make_train_step
 
 @pytest.mark.parametrize("name", ["vim_mini", "vit_mini"])
 def test_weight_decay_skips_norms_biases_ssm_parameters_and_embeddings(name):
-    model = nnx.eval_shape(lambda: models.create(name, num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0),
-                                                 depth=1))
-    mask = {parallel.path_string(p): m for p, m in
-            jax.tree_util.tree_flatten_with_path(optimizer.weight_decay_mask(nnx.state(model, nnx.Param)))[0]}
+    model = nnx.eval_shape(
+        lambda: models.create(name, num_classes=10, img_size=28, in_chans=1, rngs=nnx.Rngs(0), depth=1)
+    )
+    mask = {
+        parallel.path_string(p): m
+        for p, m in jax.tree_util.tree_flatten_with_path(optimizer.weight_decay_mask(nnx.state(model, nnx.Param)))[0]
+    }
     no_decay = {p for p, decayed in mask.items() if not decayed}
-    expected_no_decay = {p for p in mask if p.endswith(("bias", "scale", "A_log", "A_b_log", "/D", "/D_b"))
-                         or p in ("pos_embed", "cls_token")}
+    expected_no_decay = {
+        p
+        for p in mask
+        if p.endswith(("bias", "scale", "A_log", "A_b_log", "/D", "/D_b")) or p in ("pos_embed", "cls_token")
+    }
     assert no_decay == expected_no_decay
     assert mask["head/kernel"] and mask["patch_embed/proj/kernel"]
     if name == "vim_mini":
@@ -50,11 +56,21 @@ def test_gradient_accumulation_equals_one_big_batch():
         tx = optimizer.make_optimizer(config.optimizer, 6)
         with jax.set_mesh(mesh):
             state, setup = init_train_state(spec, config, tx, mesh)
-        step = make_train_step(setup, config, tx, optimizer.learning_rate_schedule(config.optimizer, 6),
-                               num_classes=4, mean=(0.5,), std=(0.25,), batch_sharding=parallel.batch_sharding(mesh))
+        step = make_train_step(
+            setup,
+            config,
+            tx,
+            optimizer.learning_rate_schedule(config.optimizer, 6),
+            num_classes=4,
+            mean=(0.5,),
+            std=(0.25,),
+            batch_sharding=parallel.batch_sharding(mesh),
+        )
         rng = np.random.default_rng(0)
-        batch = {"image": jnp.asarray(rng.integers(0, 256, (8, 16, 16, 1)), jnp.uint8),
-                 "label": jnp.asarray(rng.integers(0, 4, 8), jnp.int32)}
+        batch = {
+            "image": jnp.asarray(rng.integers(0, 256, (8, 16, 16, 1)), jnp.uint8),
+            "label": jnp.asarray(rng.integers(0, 4, 8), jnp.int32),
+        }
         state, metrics = step(state, batch)
         results.append((jax.tree.map(np.asarray, state["params"]), float(metrics["loss"])))
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-5)
@@ -70,8 +86,16 @@ def test_non_finite_step_leaves_the_state_unchanged():
     with jax.set_mesh(mesh):
         state, setup = init_train_state(spec, config, tx, mesh)
     before = jax.tree.map(np.asarray, state)
-    step = make_train_step(setup, config, tx, optimizer.learning_rate_schedule(config.optimizer, 6),
-                           num_classes=4, mean=(0.5,), std=(0.25,), batch_sharding=parallel.batch_sharding(mesh))
+    step = make_train_step(
+        setup,
+        config,
+        tx,
+        optimizer.learning_rate_schedule(config.optimizer, 6),
+        num_classes=4,
+        mean=(0.5,),
+        std=(0.25,),
+        batch_sharding=parallel.batch_sharding(mesh),
+    )
     batch = {"image": jnp.full((8, 16, 16, 1), jnp.nan), "label": jnp.zeros(8, jnp.int32)}
     state, metrics = step(state, batch)
     assert not np.isfinite(float(metrics["loss"]))

@@ -57,7 +57,8 @@ with jax.set_mesh(mesh):
 specs = {{}}
 for prefix, tree in (("", state["params"]), ("mu/", state["opt_state"][1][0].mu)):
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        specs[prefix + parallel.path_string(path)] = (str(leaf.sharding.spec), list(leaf.addressable_shards[0].data.shape))
+        shard_shape = list(leaf.addressable_shards[0].data.shape)
+        specs[prefix + parallel.path_string(path)] = (str(leaf.sharding.spec), shard_shape)
 out["specs"] = specs
 print("RESULT " + json.dumps(out))
 """
@@ -94,8 +95,14 @@ def test_partition_spec_maps_logical_axes_and_replicates_what_does_not_divide():
 
 def test_mesh_2x2x2_on_8_devices_matches_one_device(tmp_path, compilation_cache):
     script = SHARDED_RUN.format(tests=str(ROOT / "tests" / "train"), workdir=str(tmp_path))
-    child = subprocess.Popen([sys.executable, "-c", script], env=subprocess_env(compilation_cache, devices=8),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=subprocess_env(compilation_cache, devices=8),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     config = tiny_config()
     config.total_steps, config.checkpoint_every = 3, 3
     loop.train_and_evaluate(config, tmp_path / "single")
@@ -126,13 +133,29 @@ def _free_port() -> int:
 
 def test_two_processes_match_one_process_with_four_devices(tmp_path, compilation_cache):
     address = f"127.0.0.1:{_free_port()}"
-    distributed = [subprocess.Popen(
-        train_command(tmp_path / "two", "--config.total_steps=3", "--config.checkpoint_every=3",
-                      f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"),
-        env=subprocess_env(compilation_cache, devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, cwd=ROOT) for i in range(2)]
-    single = run(train_command(tmp_path / "one", "--config.total_steps=3", "--config.checkpoint_every=3"),
-                 subprocess_env(compilation_cache, devices=4), timeout=600)
+    distributed = [
+        subprocess.Popen(
+            train_command(
+                tmp_path / "two",
+                "--config.total_steps=3",
+                "--config.checkpoint_every=3",
+                f"--coordinator_address={address}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=subprocess_env(compilation_cache, devices=2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for i in range(2)
+    ]
+    single = run(
+        train_command(tmp_path / "one", "--config.total_steps=3", "--config.checkpoint_every=3"),
+        subprocess_env(compilation_cache, devices=4),
+        timeout=600,
+    )
     outputs = [p.communicate(timeout=600) for p in distributed]
     for process, (_, stderr) in zip(distributed, outputs):
         assert process.returncode == 0, stderr[-3000:]
@@ -142,8 +165,9 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path, compilation
     one = [row["loss"] for row in read_metrics(tmp_path / "one")]
     assert len(two) == 3
     np.testing.assert_allclose(two, one, rtol=1e-4)
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints" / "3" / "data").iterdir()
-                  if p.suffix == ".json") == ["process_0-of-2.json", "process_1-of-2.json"]
+    assert sorted(
+        p.name for p in (tmp_path / "two" / "checkpoints" / "3" / "data").iterdir() if p.suffix == ".json"
+    ) == ["process_0-of-2.json", "process_1-of-2.json"]
 
 
 @pytest.mark.parametrize("name, devices", [("mesh/tpu_v5e_256", 256), ("mesh/gpu_8", 8), ("imagenet_vim_tiny", 8)])

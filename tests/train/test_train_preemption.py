@@ -14,8 +14,12 @@ from train_helpers import ROOT, compilation_cache, quick_compiles, run, subproce
 
 from sarf_jax.models import pretrained
 
-RUN = ["--config.total_steps=120", "--config.checkpoint_every=20", "--config.keep_checkpoints=2",
-       "--config.log_every=20"]
+RUN = [
+    "--config.total_steps=120",
+    "--config.checkpoint_every=20",
+    "--config.keep_checkpoints=2",
+    "--config.log_every=20",
+]
 
 
 def final_params(workdir):
@@ -34,8 +38,9 @@ def reference(tmp_path_factory, compilation_cache):
 
 def start_and_interrupt(workdir, env, sig) -> subprocess.CompletedProcess:
     """Start a run, wait for its checkpoint at step 20, then send `sig`."""
-    process = subprocess.Popen(train_command(workdir, *RUN), env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    process = subprocess.Popen(
+        train_command(workdir, *RUN), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
     deadline = time.time() + 300
     while not (workdir / "checkpoints" / "20").exists():
         assert process.poll() is None, process.communicate()[1][-3000:]
@@ -72,8 +77,9 @@ def test_sigterm_saves_at_that_step_then_resumes_exactly(reference, tmp_path, co
 
 
 def test_unknown_config_key_is_one_clear_error_and_writes_nothing(tmp_path, compilation_cache):
-    result = run(train_command(tmp_path / "workdir", "--config.optimizer.learning_rate=0.1"),
-                 subprocess_env(compilation_cache))
+    result = run(
+        train_command(tmp_path / "workdir", "--config.optimizer.learning_rate=0.1"), subprocess_env(compilation_cache)
+    )
     assert result.returncode != 0
     assert "invalid config override in --config.optimizer.learning_rate=0.1" in result.stderr
     assert "Traceback" not in result.stderr
