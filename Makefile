@@ -25,7 +25,7 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	@touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
