@@ -7,8 +7,8 @@ Expected: 72% top-1 on the Fashion-MNIST test set (0.7205; EMA weights 0.721) af
 (~1 epoch) in 6.6 minutes including start-up and evaluation (`make train`), measured 2026-11-26 on
 the project's 2-core x86-64 VM while a test run shared its cores (~2.5-3 steps/s).
 
-Switch backbone with one word: `--config.model.name=vim_mini` (or `vmamba_mini`, `plainmamba_mini`
-once registered); `config.model.overrides` (patch_size=4: a 7x7 token grid) applies to each of them.
+Switch backbone with one word: `--config.model.name=vim_mini` (or `vmamba_mini`, `plainmamba_mini`);
+`config.model.overrides` (patch_size=4: a 7x7 token grid) applies to each of them.
 The Mamba models cost several times more per step than the ViT on a CPU (their selective scans
 run sequentially there), which is why the CPU default is the ViT baseline.
 Any key can be overridden on the command line, e.g. `--config.total_steps=100`.

@@ -17,7 +17,8 @@ sarf_jax.convert.plainmamba for the prefixes). Grids stay (B, h, w, D) channels-
 layers; every layer takes its grid size from its input, so layers work on any (h, w).
 
 Images of other sizes than img_size are accepted, as officially (the position embedding is
-resized); token reduction is not integrated yet (`reduction` must be None or a "none" Spec).
+resized). Token reduction runs inside the layers with STORM's PlainMamba placement (see
+`reduction.placement`); `features` returns the outputs of `feature_layers` as grids.
 
 Deviations from the official code:
 - Input H and W must be multiples of patch_size (the official AdaptivePadding pads the stem output
