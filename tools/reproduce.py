@@ -80,51 +80,23 @@ def collect_run(workdir: pathlib.Path) -> dict:
     return {"train": final_metrics(workdir), "meta": results["meta"], "entries": results["entries"]}
 
 
-def by_schedule(entries: list[dict]) -> tuple[dict, dict]:
-    """(dense entry, {schedule: {method: entry}}) for one run's EMA entries."""
-    dense = next(e for e in entries if e["method"] == "none")
-    table: dict = {}
-    for entry in entries:
-        if entry["method"] != "none":
-            schedule = entry["reduction"].split(":", 1)[1]
-            table.setdefault(schedule, {})[entry["method"]] = entry
-    return dense, table
+def ema_runs(report: dict) -> dict[str, list[dict]]:
+    return {name: run_["entries"] for name, run_ in report["runs"].items()}
 
 
 def markdown(report: dict) -> str:
     """Top-1 (%) per backbone and schedule, methods side by side at the same grids (matched GFLOPs)."""
+    from sarf_jax.evaluate import report as report_lib
+
     lines = [
         f"Fashion-MNIST test set (10,000 images), EMA weights, {report['machine']}, {report['date']}.",
         f"Dense training: {report['steps']} steps of batch 64; reductions applied training-free.",
         "",
-        "| backbone | schedule | GFLOPs (saving) | dense | " + " | ".join(METHODS) + " |",
-        "|---|---|---|---|" + "---|" * len(METHODS),
-    ]
-    for name, run_ in report["runs"].items():
-        dense, table = by_schedule(run_["entries"])
-        for schedule, row in table.items():
-            gflops = row.get("sarf_tome", next(iter(row.values())))["gflops"]
-            cells = [
-                f"{100 * row[m]['top1']:.2f} ({0.0 - 100 * row[m]['top1_drop']:+.2f})" if m in row else "–"
-                for m in METHODS
-            ]
-            lines.append(
-                f"| {name} | {schedule} | {gflops:.4f} ({100 * (1 - gflops / dense['gflops']):.0f}%) | "
-                f"{100 * dense['top1']:.2f} | " + " | ".join(cells) + " |"
-            )
-    lines += [
+        *report_lib.comparison_table(ema_runs(report), METHODS),
         "",
         "Speed (images/s, batch 250, forward only, same machine):",
         "",
-        "| backbone | schedule | dense | " + " | ".join(METHODS) + " |",
-        "|---|---|---|" + "---|" * len(METHODS),
-    ]
-    for name, run_ in report["runs"].items():
-        dense, table = by_schedule(run_["entries"])
-        for schedule, row in table.items():
-            cells = [f"{row[m]['images_per_s']:.0f}" if m in row else "–" for m in METHODS]
-            lines.append(f"| {name} | {schedule} | {dense['images_per_s']:.0f} | " + " | ".join(cells) + " |")
-    lines += [
+        *report_lib.speed_table(ema_runs(report), METHODS),
         "",
         "Phase timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings_s"].items()),
         f"Total: {report['total_s'] / 60:.1f} min.",
@@ -133,33 +105,11 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: pathlib.Path) -> None:
-    import matplotlib
+    """One panel per backbone: top-1 against FLOPs for each method, the dense model as a star."""
+    from sarf_jax.evaluate import report as report_lib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = report["runs"]
-    figure, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 3.8), squeeze=False)
-    for axis, (name, run_) in zip(axes[0], runs.items()):
-        dense, table = by_schedule(run_["entries"])
-        for method in METHODS:
-            points = sorted(
-                (row[method]["gflops"] * 1e3, 100 * row[method]["top1"]) for row in table.values() if method in row
-            )
-            if points:
-                axis.plot(*zip(*points), marker="o", label=method)
-        axis.scatter(
-            [dense["gflops"] * 1e3], [100 * dense["top1"]], marker="*", s=180, color="black", zorder=5, label="dense"
-        )
-        axis.set_title(name)
-        axis.set_xlabel("MFLOPs per image")
-        axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("top-1 (%), Fashion-MNIST test")
-    axes[0][-1].legend(fontsize=8)
-    figure.suptitle(f"Training-free token reduction ({report['machine']}, {report['date']})", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    title = f"Training-free token reduction ({report['machine']}, {report['date']})"
+    report_lib.plot_accuracy_vs_gflops(ema_runs(report), path, title=title)
 
 
 def machine() -> str:
@@ -271,11 +221,13 @@ def write_report(report: dict, out: pathlib.Path) -> None:
 
 def finetune_markdown(report: dict) -> str:
     """How much of the gap to dense does training with SARF active close, against a dense control."""
+    from sarf_jax.evaluate import report as report_lib
+
     finetune = report["finetune"]
     if "sarf" not in finetune:
         return ""
     name = finetune["model"]
-    schedules = list(by_schedule(report["runs"][name]["entries"])[1])
+    schedules = list(report_lib.by_schedule(report["runs"][name]["entries"])[1])
     lines = [
         "",
         f"Reduction-aware fine-tuning of {name}: {finetune['steps']} more steps from the dense run, "
@@ -290,7 +242,7 @@ def finetune_markdown(report: dict) -> str:
         ("+ dense control", finetune["dense"]["entries"]),
         ("+ SARF fine-tuned", finetune["sarf"]["entries"]),
     ):
-        dense, table = by_schedule(entries)
+        dense, table = report_lib.by_schedule(entries)
         lines.append(
             f"| {label} | {100 * dense['top1']:.2f} | "
             + " | ".join(f"{100 * table[s]['sarf_tome']['top1']:.2f}" for s in schedules)
