@@ -63,5 +63,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.log_every = 50
     config.eval_every = 0  # 0: evaluate at the end only
+    config.profile_steps = 0  # N > 0: trace N steps (after this run's first two) into WORKDIR/profile/
     config.progress_bar = True
     return config

@@ -40,6 +40,14 @@ def validate(config) -> None:
         config.eval_every,
         "a non-negative int (0: evaluate only at the end)",
     )
+    _require(
+        isinstance(config.profile_steps, int)
+        and not isinstance(config.profile_steps, bool)
+        and config.profile_steps >= 0,
+        "profile_steps",
+        config.profile_steps,
+        "a non-negative int: the number of steps to trace into WORKDIR/profile/ (0: no profiling)",
+    )
     opt = config.optimizer
     _require(opt.lr > 0, "optimizer.lr", opt.lr, "> 0")
     _require(0 <= opt.min_lr <= opt.lr, "optimizer.min_lr", opt.min_lr, f"in [0, optimizer.lr={opt.lr}]")

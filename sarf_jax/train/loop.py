@@ -7,14 +7,19 @@ Order of events:
    the format of models.pretrained), then checkpoints/, metrics.jsonl and tensorboard/;
 3. the newest readable checkpoint is restored ("resumed from step N") or training starts
    ("starting from scratch");
-4. the loop saves every checkpoint_every steps and at the last step, saves and stops early on
-   SIGTERM (preemption), and stops with FloatingPointError on a non-finite loss without saving;
+4. run_steps: one train step, then the periodic actions of actions.py, each with its trigger
+   (triggers.py): MetricsLogger (every step's metrics checked one step late, FloatingPointError on
+   a non-finite loss; averages written every log_every steps and at the last), Checkpointing
+   (every checkpoint_every steps and at the last, never a non-finite step), PeriodicEvaluation
+   (every eval_every steps), Profiler (config.profile_steps steps traced into WORKDIR/profile/);
+   before each step, Preemption (SIGTERM: save at that step, return {"preempted_at_step": step});
 5. the final params (and EMA params) are evaluated on the eval split (evaluate.sharded, which
    eval.py uses too).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 
@@ -30,18 +35,22 @@ from sarf_jax.evaluate import sharded
 from sarf_jax.models import pretrained
 from sarf_jax.train import config as config_lib
 from sarf_jax.train import optimizer as optimizer_lib
+from sarf_jax.train.actions import (
+    Checkpointing,
+    MetricsLogger,
+    PeriodicEvaluation,
+    Preemption,
+    Profiler,
+    log_on_first_process,
+)
 from sarf_jax.train.checkpoint import Checkpointer, PreemptionWatcher
 from sarf_jax.train.metrics import MetricWriter, ProgressBar, Throughput
-from sarf_jax.train.state import ModelSpec, init_train_state, load_initial_params
+from sarf_jax.train.state import ModelParts, ModelRecipe, init_train_state, load_initial_params
 from sarf_jax.train.step import make_train_step
+from sarf_jax.train.triggers import Every, profile_range
 
 
-def _say(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, flush=True)
-
-
-def evaluate(evaluator: sharded.Evaluator, setup, weights, model_state, source, config) -> dict:
+def evaluate(evaluator: sharded.Evaluator, parts: ModelParts, weights, model_state, source, config) -> dict:
     """Top-1 / top-5 accuracy and mean loss of `weights` (params or EMA) on the whole of `source`."""
     batches = data_lib.eval_iterator(
         source,
@@ -51,12 +60,12 @@ def evaluate(evaluator: sharded.Evaluator, setup, weights, model_state, source, 
         process_count=jax.process_count(),
         channels=np.shape(source[0]["image"])[-1],
     )
-    scores = evaluator((weights, setup.rng_state, model_state), batches, reduction_lib.parse_spec(config.reduction))
+    scores = evaluator((weights, parts.rng_state, model_state), batches, reduction_lib.parse_spec(config.reduction))
     return {"accuracy": scores["top1"], "top5": scores["top5"], "loss": scores["loss"]}
 
 
 def prepare(config, devices=None):
-    """All checks and constructions that need no writing: (mesh, sources, model spec)."""
+    """All checks and constructions that need no writing: (mesh, train source, eval source, model recipe)."""
     config_lib.validate(config)
     mesh = parallel.make_mesh(config.mesh, devices)
     config_lib.validate_parallelism(
@@ -65,7 +74,7 @@ def prepare(config, devices=None):
     train_source = data_lib.make_source(config.data, config.data.train_split)
     eval_source = data_lib.make_source(config.data, config.data.eval_split)
     in_chans = int(np.shape(train_source[0]["image"])[-1])
-    spec = ModelSpec(
+    recipe = ModelRecipe(
         config.model.name,
         int(train_source.num_classes),
         config.data.image_size,
@@ -73,9 +82,9 @@ def prepare(config, devices=None):
         config.model.overrides.to_dict(),
     )
     try:
-        model = nnx.eval_shape(lambda: spec.build(seed=config.seed, dtype=config.dtype))
+        model = nnx.eval_shape(lambda: recipe.build(seed=config.seed, dtype=config.dtype))
     except (TypeError, ValueError) as error:
-        raise ValueError(f"config.model ({config.model.name!r} with overrides {spec.overrides}): {error}") from error
+        raise ValueError(f"config.model ({config.model.name!r} with overrides {recipe.overrides}): {error}") from error
     try:
         model.reduction_sites(reduction_lib.parse_spec(config.reduction))
     except (TypeError, ValueError) as error:
@@ -85,10 +94,10 @@ def prepare(config, devices=None):
             f"config.init_from={config.init_from!r} has no model.json (expected a model "
             "directory from save_pretrained / sarf_jax.convert, or a training workdir)"
         )
-    return mesh, train_source, eval_source, spec
+    return mesh, train_source, eval_source, recipe
 
 
-def write_run_files(workdir: epath.Path, config, spec: ModelSpec) -> None:
+def write_run_files(workdir: epath.Path, config, recipe: ModelRecipe) -> None:
     """config.json (resolved config) and model.json; process 0 only."""
     if jax.process_index() != 0:
         return
@@ -96,26 +105,51 @@ def write_run_files(workdir: epath.Path, config, spec: ModelSpec) -> None:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
     pretrained.write_model_info(
         workdir,
-        name=spec.name,
-        num_classes=spec.num_classes,
-        img_size=spec.img_size,
-        in_chans=spec.in_chans,
-        overrides=spec.overrides,
+        name=recipe.name,
+        num_classes=recipe.num_classes,
+        img_size=recipe.img_size,
+        in_chans=recipe.in_chans,
+        overrides=recipe.overrides,
         source={"trained_with": "train.py", "data": config.data.name},
     )
 
 
+def restore_or_initialize(checkpointer: Checkpointer, state: dict, parts: ModelParts, train_iterator, config) -> dict:
+    """The newest readable checkpoint (state and iterator position), else init_from's weights or `state`."""
+    restored, restored_step = checkpointer.restore_latest(parts.abstract_state, train_iterator)
+    if restored is not None:
+        log_on_first_process(f"resumed from step {restored_step}")
+        return restored
+    if config.init_from:
+        state = load_initial_params(state, parts, config.init_from)
+    log_on_first_process("starting from scratch")
+    return state
+
+
+def run_steps(state, step: int, total_steps: int, next_batch, train_step, actions, preemption: Preemption):
+    """The training loop: one step, then every periodic action. Returns (state, None) when
+    `total_steps` are done, or (state, {"preempted_at_step": step}) after a preemption."""
+    while step < total_steps:
+        if preemption.should_stop(step):
+            return state, preemption.stop(step, state)
+        state, metrics = train_step(state, next_batch())
+        step += 1
+        for action in actions:
+            action.after_step(step, state, metrics)
+    return state, None
+
+
 def train_and_evaluate(config, workdir, *, devices=None) -> dict:
     """Train `config` in `workdir` (resuming if it holds checkpoints); return final eval metrics."""
-    mesh, train_source, eval_source, spec = prepare(config, devices)
+    mesh, train_source, eval_source, recipe = prepare(config, devices)
     workdir = epath.Path(workdir).absolute()  # Orbax wants absolute paths
-    write_run_files(workdir, config, spec)
+    write_run_files(workdir, config, recipe)
 
     tx = optimizer_lib.make_optimizer(config.optimizer, config.total_steps)
     schedule = optimizer_lib.learning_rate_schedule(config.optimizer, config.total_steps)
     batch_sharding = parallel.batch_sharding(mesh)
     with jax.set_mesh(mesh):
-        state, setup = init_train_state(spec, config, tx, mesh)
+        state, parts = init_train_state(recipe, config, tx, mesh)
     train_iterator = data_lib.train_iterator(
         train_source,
         config.data,
@@ -124,94 +158,61 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
-    restored, restored_step = checkpointer.restore_latest(setup.abstract_state, train_iterator)
-    if restored is None:
-        if config.init_from:
-            state = load_initial_params(state, setup, config.init_from)
-        _say("starting from scratch")
-    else:
-        state = restored
-        _say(f"resumed from step {restored_step}")
+    with contextlib.ExitStack() as closing:  # closed in reverse order, also on errors
+        writer = closing.enter_context(contextlib.closing(MetricWriter(workdir, enabled=jax.process_index() == 0)))
+        checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
+        state = restore_or_initialize(checkpointer, state, parts, train_iterator, config)
 
-    stats = dict(mean=train_source.mean, std=train_source.std)
-    train_step = make_train_step(
-        setup, config, tx, schedule, num_classes=spec.num_classes, batch_sharding=batch_sharding, **stats
-    )
-    evaluator = sharded.Evaluator(setup.graphdef, mesh, preprocess=functools.partial(data_lib.normalize, **stats))
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
-    step = int(jax.device_get(state["step"]))
-    progress = ProgressBar(config.total_steps, step, enabled=config.progress_bar and jax.process_index() == 0)
-    preemption = PreemptionWatcher()
-    throughput = Throughput(step)
-    pending, window = None, []  # metrics of the last dispatched step; train metrics since the last log
+        stats = dict(mean=train_source.mean, std=train_source.std)
+        train_step = make_train_step(
+            parts, config, tx, schedule, num_classes=recipe.num_classes, batch_sharding=batch_sharding, **stats
+        )
+        evaluator = sharded.Evaluator(parts.graphdef, mesh, preprocess=functools.partial(data_lib.normalize, **stats))
 
-    def check(metrics_step: int, metrics) -> None:
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not np.isfinite(values["loss"]) or not np.isfinite(values["grad_norm"]):
-            last = checkpointer.latest_step()
-            raise FloatingPointError(
-                f"non-finite loss {values['loss']} (grad norm {values['grad_norm']}) at step {metrics_step}: "
-                f"training stopped; the update was not applied and nothing was saved. Last good checkpoint: "
-                f"{'none' if last is None else f'step {last}'} in {checkpointer.directory}"
-            )
-        window.append(values)
-        progress.update(loss=values["loss"])
-        if metrics_step % config.log_every == 0 or metrics_step == config.total_steps:
-            averaged = {k: float(np.mean([w[k] for w in window])) for k in ("loss", "accuracy", "grad_norm")}
-            writer.write(
-                metrics_step, "train", {**averaged, "lr": values["lr"], "steps_per_sec": throughput(metrics_step)}
-            )
-            window.clear()
+        def evaluate_weights(weights, model_state) -> dict:
+            return evaluate(evaluator, parts, weights, model_state, eval_source, config)
 
-    try:
-        while step < config.total_steps:
-            if preemption.should_stop(step):
-                if pending is not None:
-                    check(*pending)
-                    pending = None
-                if checkpointer.latest_step() != step:
-                    checkpointer.save(step, state, train_iterator)
-                checkpointer.wait()
-                _say(
-                    f"preempted: saved a checkpoint at step {step} in {checkpointer.directory}; "
-                    "run the same command to resume"
-                )
-                return {"preempted_at_step": step}
-            batch = sharded.global_batch(next(train_iterator), batch_sharding)
-            state, metrics = train_step(state, batch)
-            if pending is not None:
-                check(*pending)
-            step += 1
-            pending = (step, metrics)
-            if step % config.checkpoint_every == 0 or step == config.total_steps:
-                check(*pending)  # never save the state of a non-finite step
-                pending = None
-                checkpointer.save(step, state, train_iterator)
-            if config.eval_every and step % config.eval_every == 0 and step < config.total_steps:
-                writer.write(
-                    step, "eval", evaluate(evaluator, setup, state["params"], state["model_state"], eval_source, config)
-                )
-        if pending is not None:
-            check(*pending)
-        progress.close()
-        results = {}
-        for prefix, weights in (("eval_", "params"), ("ema_eval_", "ema")):
-            if weights in state:
-                results.update(
-                    {
-                        prefix + k: v
-                        for k, v in evaluate(
-                            evaluator, setup, state[weights], state["model_state"], eval_source, config
-                        ).items()
-                    }
-                )
-        writer.write(step, "final", results)
-        _say("final: " + json.dumps({k: round(float(v), 4) for k, v in results.items()}))
+        first_step = int(jax.device_get(state["step"]))
+        total = config.total_steps
+        metrics_logger = MetricsLogger(
+            Every(config.log_every, total),
+            writer,
+            ProgressBar(total, first_step, enabled=config.progress_bar and jax.process_index() == 0),
+            Throughput(first_step),
+            checkpointer,
+        )
+        checkpointing = Checkpointing(
+            Every(config.checkpoint_every, total), checkpointer, train_iterator, metrics_logger
+        )
+        preemption = Preemption(PreemptionWatcher(), checkpointing)
+        actions = [
+            metrics_logger,
+            checkpointing,
+            PeriodicEvaluation(Every(config.eval_every, total, at_last=False), evaluate_weights, writer),
+            Profiler(profile_range(first_step, config.profile_steps), workdir / "profile"),
+        ]
+        for action in [preemption, *actions]:
+            closing.callback(action.close)
+
+        def next_batch():
+            return sharded.global_batch(next(train_iterator), batch_sharding)
+
+        state, preempted = run_steps(state, first_step, total, next_batch, train_step, actions, preemption)
+        if preempted is not None:
+            return preempted
+        metrics_logger.flush()
+        metrics_logger.close()
+        results = final_evaluation(state, evaluate_weights)
+        writer.write(total, "final", results)
+        log_on_first_process("final: " + json.dumps({k: round(float(v), 4) for k, v in results.items()}))
         return results
-    finally:
-        progress.close()
-        preemption.close()
-        checkpointer.wait()
-        checkpointer.close()
-        writer.close()
+
+
+def final_evaluation(state: dict, evaluate_weights) -> dict:
+    """eval_* metrics of the params and, when the run keeps an EMA, ema_eval_* of the EMA params."""
+    results = {}
+    for prefix, weights in (("eval_", "params"), ("ema_eval_", "ema")):
+        if weights in state:
+            scores = evaluate_weights(state[weights], state["model_state"])
+            results.update({prefix + k: v for k, v in scores.items()})
+    return results

@@ -21,8 +21,9 @@ from sarf_jax.models import pretrained
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """What models.create needs; also written to the workdir's model.json for eval."""
+class ModelRecipe:
+    """How to build the model: what models.create needs; also written to the workdir's model.json
+    for eval. (Not a reduction.Spec.)"""
 
     name: str
     num_classes: int
@@ -49,8 +50,9 @@ def split_model(model: nnx.Module):
 
 
 @dataclasses.dataclass
-class Setup:
-    """Everything the step functions need that is not in the train state."""
+class ModelParts:
+    """What the step functions need besides the train state: the model's structure (graphdef), its
+    RNG streams, and the train state's shardings and abstract shapes (for restoring checkpoints)."""
 
     graphdef: nnx.GraphDef
     rng_state: nnx.State
@@ -58,12 +60,12 @@ class Setup:
     abstract_state: dict
 
 
-def init_train_state(spec: ModelSpec, config, tx: optax.GradientTransformation, mesh):
-    """(train state placed on the mesh, Setup). The parameters are created by a jitted function
+def init_train_state(recipe: ModelRecipe, config, tx: optax.GradientTransformation, mesh):
+    """(train state placed on the mesh, ModelParts). The parameters are created by a jitted function
     with the sharded layout as its output, so no device ever holds a full unsharded copy."""
 
     def init():
-        _, params, rng_state, model_state = split_model(spec.build(seed=config.seed, dtype=config.dtype))
+        _, params, rng_state, model_state = split_model(recipe.build(seed=config.seed, dtype=config.dtype))
         state = {
             "step": jnp.zeros((), jnp.int32),
             "params": params,
@@ -78,12 +80,12 @@ def init_train_state(spec: ModelSpec, config, tx: optax.GradientTransformation, 
     shardings = parallel.param_shardings(abstract_state, mesh)
     rng_shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract_rngs)
     state, rng_state = jax.jit(init, out_shardings=(shardings, rng_shardings))()
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: spec.build(seed=config.seed, dtype=config.dtype)))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: recipe.build(seed=config.seed, dtype=config.dtype)))
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
-    return state, Setup(graphdef, rng_state, shardings, abstract)
+    return state, ModelParts(graphdef, rng_state, shardings, abstract)
 
 
-def load_initial_params(state: dict, setup: Setup, directory: str) -> dict:
+def load_initial_params(state: dict, parts: ModelParts, directory: str) -> dict:
     """Replace params (and EMA) by the weights of a model directory or a training workdir."""
     model = pretrained.load_pretrained(directory)
     _, params, _, model_state = split_model(model)
@@ -94,10 +96,10 @@ def load_initial_params(state: dict, setup: Setup, directory: str) -> dict:
             f"config.init_from={directory!r}: its weights do not fit the configured model "
             "(different variant, overrides, classes or image size)"
         )
-    params = jax.device_put(params, setup.state_shardings["params"])
+    params = jax.device_put(params, parts.state_shardings["params"])
     state = dict(state, params=params)
     if "ema" in state:
         state["ema"] = jax.tree.map(jnp.copy, params)
     if jax.tree.leaves(model_state):
-        state["model_state"] = jax.device_put(model_state, setup.state_shardings["model_state"])
+        state["model_state"] = jax.device_put(model_state, parts.state_shardings["model_state"])
     return state

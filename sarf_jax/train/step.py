@@ -31,12 +31,12 @@ def _reseed_policy(path, key, shape):
     return jax.random.fold_in(key, zlib.crc32(path_string(path).encode()) & 0x7FFFFFFF)
 
 
-def apply_model(setup, params, model_state, images, *, train: bool, key=None, reduction=None):
+def apply_model(parts, params, model_state, images, *, train: bool, key=None, reduction=None):
     """(logits float32, new model_state)."""
     # Fresh Variables owned by this trace: the model mutates its RNG counts and BatchNorm statistics,
     # and nnx refuses to mutate Variables made at an outer trace level (jit around grad).
     fresh = lambda tree: jax.tree.map(lambda x: x, tree)
-    model = nnx.merge(setup.graphdef, params, fresh(setup.rng_state), fresh(model_state))
+    model = nnx.merge(parts.graphdef, params, fresh(parts.rng_state), fresh(model_state))
     if key is not None:
         nnx.reseed(model, dropout=key, policy=_reseed_policy)
     logits = model(images, reduction=reduction, train=train)
@@ -44,7 +44,7 @@ def apply_model(setup, params, model_state, images, *, train: bool, key=None, re
 
 
 def make_train_step(
-    setup, config, tx: optax.GradientTransformation, schedule, *, num_classes: int, mean, std, batch_sharding
+    parts, config, tx: optax.GradientTransformation, schedule, *, num_classes: int, mean, std, batch_sharding
 ):
     """jitted (state, batch) -> (state, metrics); the state is donated."""
     accum = config.grad_accum_steps
@@ -53,7 +53,7 @@ def make_train_step(
     reduction = parse_spec(config.reduction)
 
     def loss_fn(params, model_state, images, targets, key):
-        logits, model_state = apply_model(setup, params, model_state, images, train=True, key=key, reduction=reduction)
+        logits, model_state = apply_model(parts, params, model_state, images, train=True, key=key, reduction=reduction)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
         return loss, (logits, model_state)
 
@@ -124,7 +124,7 @@ def make_train_step(
 
     return jax.jit(
         train_step,
-        in_shardings=(setup.state_shardings, batch_sharding),
-        out_shardings=(setup.state_shardings, None),
+        in_shardings=(parts.state_shardings, batch_sharding),
+        out_shardings=(parts.state_shardings, None),
         donate_argnums=0,
     )

@@ -15,7 +15,7 @@ from sarf_jax import parallel
 from sarf_jax.models import pretrained
 from sarf_jax.train import checkpoint as checkpoint_lib
 from sarf_jax.train import loop, optimizer
-from sarf_jax.train.state import ModelSpec, init_train_state, load_initial_params
+from sarf_jax.train.state import ModelRecipe, init_train_state, load_initial_params
 
 
 def params_of(workdir, step=None, weights="params"):
@@ -129,6 +129,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference, tmp_path, monk
         ("model.name", "vim_nope", r"unknown model 'vim_nope'"),
         ("reduction", "sarf_tome:hybrid_2p1", r"config.reduction='sarf_tome:hybrid_2p1': schedule 'hybrid_2p1' exists"),
         ("reduction", "sarf_tome:keep=0.5", r"config.reduction='sarf_tome:keep=0.5': schedule: sites=0 but"),
+        ("profile_steps", -1, r"config.profile_steps = -1 is invalid: must be a non-negative int"),
     ],
 )
 def test_bad_config_raises_one_clear_error_and_writes_nothing(tmp_path, field, value, message):
@@ -146,10 +147,10 @@ def test_bad_config_raises_one_clear_error_and_writes_nothing(tmp_path, field, v
 def test_init_from_loads_the_given_weights(reference):
     config = tiny_config()
     mesh = parallel.make_mesh(config.mesh)
-    spec = ModelSpec(config.model.name, 4, 16, 1, config.model.overrides.to_dict())
+    recipe = ModelRecipe(config.model.name, 4, 16, 1, config.model.overrides.to_dict())
     with jax.set_mesh(mesh):
-        state, setup = init_train_state(spec, config, optimizer.make_optimizer(config.optimizer, 6), mesh)
-    state = load_initial_params(state, setup, str(reference[0]))
+        state, parts = init_train_state(recipe, config, optimizer.make_optimizer(config.optimizer, 6), mesh)
+    state = load_initial_params(state, parts, str(reference[0]))
     assert_trees_equal(jax.tree.map(np.asarray, state["params"]), params_of(reference[0]))
     assert_trees_equal(jax.tree.map(np.asarray, state["ema"]), params_of(reference[0]))
 
@@ -178,3 +179,12 @@ def test_batch_norm_statistics_train_under_jit_and_grad(tmp_path):
     means = [np.asarray(v) for path, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)) if path[-1] == "mean"]
     assert means and all(np.isfinite(m).all() for m in means)
     assert any(np.abs(m).max() > 0 for m in means)  # initialised at zero, updated by the two steps
+
+
+def test_profile_steps_writes_a_trace_of_those_steps_under_workdir_profile(tmp_path):
+    config = tiny_config("vit_mini")
+    config.total_steps, config.checkpoint_every, config.profile_steps = 3, 3, 1  # traces step 3
+    loop.train_and_evaluate(config, tmp_path)
+    traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    assert list((tmp_path / "profile").rglob("*.trace.json.gz"))  # Perfetto / chrome://tracing

@@ -11,7 +11,7 @@ from train_helpers import compilation_cache, quick_compiles, tiny_config  # noqa
 
 from sarf_jax import models, parallel
 from sarf_jax.train import optimizer
-from sarf_jax.train.state import ModelSpec, init_train_state
+from sarf_jax.train.state import ModelRecipe, init_train_state
 from sarf_jax.train.step import make_train_step
 
 
@@ -52,12 +52,12 @@ def test_gradient_accumulation_equals_one_big_batch():
         config.grad_accum_steps = accum
         config.model.overrides.drop_path_rate = 0.0  # micro-batches draw their own drop-path masks
         mesh = parallel.make_mesh(config.mesh)
-        spec = ModelSpec(config.model.name, 4, 16, 1, config.model.overrides.to_dict())
+        recipe = ModelRecipe(config.model.name, 4, 16, 1, config.model.overrides.to_dict())
         tx = optimizer.make_optimizer(config.optimizer, 6)
         with jax.set_mesh(mesh):
-            state, setup = init_train_state(spec, config, tx, mesh)
+            state, parts = init_train_state(recipe, config, tx, mesh)
         step = make_train_step(
-            setup,
+            parts,
             config,
             tx,
             optimizer.learning_rate_schedule(config.optimizer, 6),
@@ -81,13 +81,13 @@ def test_gradient_accumulation_equals_one_big_batch():
 def test_non_finite_step_leaves_the_state_unchanged():
     config = tiny_config()
     mesh = parallel.make_mesh(config.mesh)
-    spec = ModelSpec(config.model.name, 4, 16, 1, config.model.overrides.to_dict())
+    recipe = ModelRecipe(config.model.name, 4, 16, 1, config.model.overrides.to_dict())
     tx = optimizer.make_optimizer(config.optimizer, 6)
     with jax.set_mesh(mesh):
-        state, setup = init_train_state(spec, config, tx, mesh)
+        state, parts = init_train_state(recipe, config, tx, mesh)
     before = jax.tree.map(np.asarray, state)
     step = make_train_step(
-        setup,
+        parts,
         config,
         tx,
         optimizer.learning_rate_schedule(config.optimizer, 6),

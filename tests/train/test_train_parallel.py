@@ -36,7 +36,7 @@ import jax
 from train_helpers import tiny_config
 from sarf_jax import parallel
 from sarf_jax.train import loop, optimizer
-from sarf_jax.train.state import ModelSpec, init_train_state
+from sarf_jax.train.state import ModelRecipe, init_train_state
 
 config = tiny_config()
 config.total_steps, config.checkpoint_every = 3, 3
@@ -51,9 +51,9 @@ except ValueError as error:
     out["bad_batch_error"] = str(error)
 loop.train_and_evaluate(config, {workdir!r} + "/mesh")
 mesh = parallel.make_mesh(config.mesh)
-spec = ModelSpec(config.model.name, 4, 16, 1, config.model.overrides.to_dict())
+recipe = ModelRecipe(config.model.name, 4, 16, 1, config.model.overrides.to_dict())
 with jax.set_mesh(mesh):
-    state, _ = init_train_state(spec, config, optimizer.make_optimizer(config.optimizer, 3), mesh)
+    state, _ = init_train_state(recipe, config, optimizer.make_optimizer(config.optimizer, 3), mesh)
 specs = {{}}
 for prefix, tree in (("", state["params"]), ("mu/", state["opt_state"][1][0].mu)):
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
