@@ -82,8 +82,9 @@ def parse_mesh(text: str) -> dict:
 def make_mesh(workdir: pathlib.Path):
     """--mesh, else the training run's config.mesh, else all devices on the data axis."""
     from sarf_jax import parallel
+    from sarf_jax.checkpoints import CONFIG_FILE
 
-    stored = workdir / "config.json"
+    stored = workdir / CONFIG_FILE
     if FLAGS.mesh:
         sizes, origin = parse_mesh(FLAGS.mesh), f"--mesh={FLAGS.mesh}"
     elif stored.is_file() and "mesh" in json.loads(stored.read_text()):
@@ -116,13 +117,14 @@ def data_config(workdir: pathlib.Path, img_size: int):
     """
     import ml_collections
 
-    from configs.default import get_config
+    from sarf_jax.checkpoints import CONFIG_FILE
+    from sarf_jax.data.config import default_data_config
 
-    stored = workdir / "config.json"
+    stored = workdir / CONFIG_FILE
     if stored.is_file():
         data = ml_collections.ConfigDict(json.loads(stored.read_text())).data
     else:
-        data = get_config().data
+        data = default_data_config()
         data.image_size, data.eval_crop_pct = img_size, 0.875
     if FLAGS.data:
         data.name = FLAGS.data

@@ -24,8 +24,7 @@ import optax
 from flax import nnx
 
 from sarf_jax import models
-from sarf_jax.evaluate import model_gflops, parameter_count
-from sarf_jax.evaluate.timing import median_seconds
+from sarf_jax.analysis import median_seconds, model_gflops, parameter_count
 
 
 def bench(

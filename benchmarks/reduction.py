@@ -23,9 +23,8 @@ import jax
 from flax import nnx
 
 from sarf_jax import models, reduction
-from sarf_jax.evaluate import model_gflops
+from sarf_jax.analysis import median_seconds, model_gflops
 from sarf_jax.evaluate.sweep import images_per_second
-from sarf_jax.evaluate.timing import median_seconds
 
 KEEPS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
 SCHEDULES = tuple(f"keep={keep}{sites}" for sites in ("", ",sites=1", ",sites=2") for keep in KEEPS)

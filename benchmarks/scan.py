@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sarf_jax.evaluate.timing import median_seconds
+from sarf_jax.analysis import median_seconds
 from sarf_jax.nn import Mamba
 from sarf_jax.ops import selective_scan
 from sarf_jax.ops.selective_scan import DEFAULT_CHUNK_SIZE, resolve_impl

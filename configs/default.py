@@ -18,6 +18,8 @@ Data: Debian's `dataset-fashion-mnist` IDX files (apt-get install dataset-fashio
 
 import ml_collections
 
+from sarf_jax.data.config import default_data_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -29,23 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.init_from = ""  # a model directory (save_pretrained / convert) or a training workdir
     config.reduction = "none"  # reduction active in training and eval, e.g. "sarf_tome:keep=0.6"
 
-    config.data = ml_collections.ConfigDict()
-    config.data.name = "fashion_mnist"  # or tfds:<name>, imagefolder:<path>, synthetic
-    config.data.dir = ""  # IDX files / TFDS data_dir; "" = the default place
-    config.data.train_split = "train"
-    config.data.eval_split = "test"
-    config.data.image_size = 28
-    config.data.train_crop = "pad_crop"  # pad_crop | random_resized_crop | resize
-    config.data.pad = 2
-    config.data.flip = True
-    config.data.randaugment = ""  # e.g. "2,9": 2 ops at magnitude 9
-    config.data.mixup_alpha = 0.0
-    config.data.cutmix_alpha = 0.0
-    config.data.mix_switch_prob = 0.5
-    config.data.eval_crop_pct = 1.0  # ImageNet: 0.875 (resize 256, center-crop 224)
-    config.data.num_threads = 2
-    config.data.prefetch = 8
-    config.data.synthetic = ml_collections.ConfigDict(dict(size=1024, channels=1, num_classes=10, seed=0))
+    config.data = default_data_config()  # sarf_jax/data/config.py: every data field and its default
 
     config.batch_size = 64  # global, over all hosts and devices
     config.eval_batch_size = 500

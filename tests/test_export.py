@@ -16,11 +16,11 @@ from flax import nnx
 
 from configs import default as default_config
 from sarf_jax import models
+from sarf_jax.data.pipeline import normalize
 from sarf_jax.export import export_directory, load
 from sarf_jax.export.stats import input_stats
 from sarf_jax.models.pretrained import load_pretrained, save_pretrained
 from sarf_jax.reduction import parse_spec
-from sarf_jax.train.step import normalize
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMG, CHANS, CLASSES = 16, 1, 4

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from sarf_jax import parallel
 from sarf_jax import reduction as reduction_lib
+from sarf_jax.analysis.flops import model_gflops
+from sarf_jax.analysis.timing import median_seconds
 from sarf_jax.evaluate import sharded
-from sarf_jax.evaluate.flops import model_gflops
-from sarf_jax.evaluate.timing import median_seconds
 
 RESULTS_FILE = "results.json"
 

@@ -16,10 +16,11 @@ import pathlib
 import jax
 from flax import nnx
 
-from sarf_jax import models
+from sarf_jax import checkpoints, models
 from sarf_jax import reduction as reduction_lib
+from sarf_jax.checkpoints import MODEL_FILE
 from sarf_jax.export import artifact, serving, stats
-from sarf_jax.models.pretrained import MODEL_FILE, STATE_DIR, load_pretrained
+from sarf_jax.models.pretrained import load_pretrained
 
 SCAN_FAMILIES = ("vim", "vmamba", "plainmamba")  # the backbones with selective scans (a scan_impl argument)
 PORTABLE_SCAN = "chunked"
@@ -54,7 +55,7 @@ def export_directory(
             f"{directory} has no {MODEL_FILE}: not a training workdir (train.py) or a model "
             "directory (sarf_jax.convert, save_pretrained)"
         )
-    if weights == "ema" and (directory / STATE_DIR).is_dir():
+    if weights == "ema" and checkpoints.is_model_directory(directory):
         raise ValueError(
             f"weights='ema': {directory} is a model directory with one set of weights "
             "(sarf_jax.convert --ema picks the EMA weights when converting)"

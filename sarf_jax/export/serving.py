@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import export as jax_export
 
-from sarf_jax.train.step import normalize
+from sarf_jax.data.pipeline import normalize
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 BATCH_SYMBOL = "b"
@@ -25,7 +25,7 @@ def input_spec(batch: int | None, img_size: int, in_chans: int) -> jax.ShapeDtyp
 
 def serving_function(model: nnx.Module, *, reduction=None, mean=None, std=None):
     """images -> float32 logits in inference mode; with `mean`/`std`, images are [0, 255] pixels
-    normalised exactly as training did (sarf_jax.train.step.normalize)."""
+    normalised exactly as training did (sarf_jax.data.pipeline.normalize)."""
     graphdef, state = nnx.split(model)
 
     def serve(images: jax.Array) -> jax.Array:

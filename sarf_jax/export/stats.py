@@ -12,9 +12,8 @@ import pathlib
 
 import ml_collections
 
+from sarf_jax.checkpoints import CONFIG_FILE
 from sarf_jax.data import make_source
-
-CONFIG_FILE = "config.json"
 
 
 def training_stats(directory) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

@@ -1,35 +1,23 @@
-"""A model directory: which registered variant it is (model.json) plus its weights (Orbax).
+"""Models from and to model directories and training workdirs (layouts: sarf_jax.checkpoints).
 
-Written by the converter (official checkpoints) and readable by eval and by training (as an
-initialisation), so a model can be rebuilt from the directory alone:
-
-    DIR/model.json   {"name", "num_classes", "img_size", "in_chans", "overrides", "source": {...}}
-    DIR/state/       orbax StandardCheckpointer of nnx.state(model) (Params and BatchStats)
-
-A training workdir (train.py) has the same model.json beside DIR/checkpoints/<step>/state (the
-whole train state); `load_pretrained` reads its params (or EMA params) from the newest step.
-
-Writes go to a temporary sibling directory renamed into place, so a failed save leaves nothing.
+A model directory (written by the converter or `save_pretrained`) and a training workdir
+(train.py) both hold a model.json naming the registered variant, so the model can be rebuilt
+from the directory alone; `load_pretrained` builds it and restores the weights (for a workdir:
+the params or EMA params of a checkpoint, the newest by default).
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
 import pathlib
-import shutil
-import tempfile
 
-import jax
-import orbax.checkpoint as ocp
 from flax import nnx
 
+from sarf_jax import checkpoints
+from sarf_jax.checkpoints import MODEL_FILE, read_model_info, write_model_info
 from sarf_jax.models.registry import create
 
-MODEL_FILE = "model.json"
-STATE_DIR = "state"
-TRAINING_CHECKPOINTS = "checkpoints"
+__all__ = ["create_pretrained", "load_pretrained", "read_model_info", "save_pretrained", "write_model_info"]
 
 
 def save_pretrained(
@@ -44,50 +32,16 @@ def save_pretrained(
     source: dict | None = None,
 ) -> None:
     """Write `model` (built as `create(name, ...)`) to a new `directory`."""
-    directory = pathlib.Path(directory).absolute()
-    if directory.exists():
-        raise ValueError(f"save_pretrained: {directory} already exists; choose a new directory")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        write_model_info(
-            staging,
-            name=name,
-            num_classes=num_classes,
-            img_size=img_size,
-            in_chans=in_chans,
-            overrides=overrides,
-            source=source,
-        )
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(staging / STATE_DIR, nnx.state(model, (nnx.Param, nnx.BatchStat)))
-            checkpointer.wait_until_finished()
-        os.rename(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def write_model_info(
-    directory,
-    *,
-    name: str,
-    num_classes: int,
-    img_size: int,
-    in_chans: int = 3,
-    overrides: dict | None = None,
-    source: dict | None = None,
-) -> None:
-    """DIR/model.json: how to rebuild the model with `create` (also written by training)."""
-    info = {
-        "name": name,
-        "num_classes": num_classes,
-        "img_size": img_size,
-        "in_chans": in_chans,
-        "overrides": overrides or {},
-        "source": source or {},
-    }
-    (pathlib.Path(directory) / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    checkpoints.save_model_directory(
+        directory,
+        nnx.state(model, (nnx.Param, nnx.BatchStat)),
+        name=name,
+        num_classes=num_classes,
+        img_size=img_size,
+        in_chans=in_chans,
+        overrides=overrides,
+        source=source,
+    )
 
 
 def load_pretrained(
@@ -148,24 +102,11 @@ def create_pretrained(
     return _load(directory, info, rngs=rngs, step=None, weights="params", img_size=img_size, overrides=overrides)
 
 
-def read_model_info(directory) -> tuple[pathlib.Path, dict]:
-    """(absolute directory, its model.json) after checking that it holds a model."""
-    directory = pathlib.Path(directory).absolute()
-    model_file = directory / MODEL_FILE
-    training = (directory / TRAINING_CHECKPOINTS).is_dir()
-    if not model_file.is_file() or not ((directory / STATE_DIR).is_dir() or training):
-        raise ValueError(
-            f"load_pretrained: {directory} has no {MODEL_FILE} and {STATE_DIR}/ or "
-            f"{TRAINING_CHECKPOINTS}/ (not written by save_pretrained, sarf_jax.convert or train.py)"
-        )
-    return directory, json.loads(model_file.read_text())
-
-
 def _load(directory: pathlib.Path, info: dict, *, rngs, step, weights: str, img_size, overrides: dict):
     """Restore the weights at the stored size, fit them to the requested model, merge."""
     if weights not in ("params", "ema"):
         raise ValueError(f"load_pretrained: weights must be 'params' or 'ema', got {weights!r}")
-    if weights == "ema" and (directory / STATE_DIR).is_dir():
+    if weights == "ema" and checkpoints.is_model_directory(directory):
         raise ValueError(
             f"load_pretrained: {directory} is a model directory, which holds one set of weights, "
             "without EMA (convert an official checkpoint's EMA weights with --ema); use weights='params'"
@@ -178,97 +119,20 @@ def _load(directory: pathlib.Path, info: dict, *, rngs, step, weights: str, img_
         if img_size == info["img_size"] and not overrides
         else nnx.eval_shape(lambda: build(img_size=info["img_size"], rngs=nnx.Rngs(0), **info["overrides"]))
     )
-    if (directory / STATE_DIR).is_dir():
-        kept, restored = (nnx.Param, nnx.BatchStat), _restore_model_directory(directory, stored_model)
+    if checkpoints.is_model_directory(directory):
+        kept = (nnx.Param, nnx.BatchStat)
+        restored = checkpoints.restore_model_directory(directory, nnx.state(stored_model, kept))
     else:
-        kept, restored = nnx.Not(nnx.RngState), _restore_training_checkpoint(directory, stored_model, step, weights)
+        kept = nnx.Not(nnx.RngState)
+        _, params, _, model_state = nnx.split(stored_model, nnx.Param, nnx.RngState, ...)
+        restored = checkpoints.restore_training_weights(directory, params, model_state, step, weights)
     resize = getattr(model, "resize_pos_embed", None)
     if resize is not None:
         restored = resize(restored, stored_model.grid)
     graphdef, expected, rest = nnx.split(model, kept, ...)
-    _check_fits(
+    checkpoints.check_fits(
         restored,
         expected,
         f"the weights in {directory} do not fit the requested model (img_size {img_size}, overrides {overrides})",
     )
     return nnx.merge(graphdef, restored, rest)
-
-
-def _restore_model_directory(directory: pathlib.Path, stored_model: nnx.Module) -> nnx.State:
-    """DIR/state/ as the Params and BatchStats of `stored_model` (the model model.json describes)."""
-    target = _abstract(nnx.state(stored_model, (nnx.Param, nnx.BatchStat)))
-    with ocp.StandardCheckpointer() as checkpointer:
-        metadata = checkpointer.metadata(directory / STATE_DIR)
-        metadata = getattr(metadata, "item_metadata", metadata)
-        _check_fits(getattr(metadata, "tree", metadata), target, _not_described(directory))
-        return checkpointer.restore(directory / STATE_DIR, target)
-
-
-def _restore_training_checkpoint(
-    directory: pathlib.Path, stored_model: nnx.Module, step: int | None, weights: str
-) -> nnx.State:
-    """The params / EMA params and the model state (BatchStats) of a train.py checkpoint."""
-    _, params, _, model_state = nnx.split(stored_model, nnx.Param, nnx.RngState, ...)
-    with ocp.CheckpointManager(
-        directory / TRAINING_CHECKPOINTS,
-        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(read_only=True),
-    ) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None or step not in manager.all_steps():
-            raise ValueError(
-                f"load_pretrained: no checkpoint {'' if step is None else step} in "
-                f"{directory / TRAINING_CHECKPOINTS} (steps: {manager.all_steps()})"
-            )
-        has_ema = "ema" in manager.item_metadata(step).state.tree
-        if weights == "ema" and not has_ema:
-            raise ValueError(f"load_pretrained: {directory} was trained without EMA (config.ema_decay = 0)")
-        _check_fits(manager.item_metadata(step).state.tree[weights], params, _not_described(directory))
-        target = {weights: _abstract(params)}
-        if jax.tree.leaves(model_state):
-            target["model_state"] = _abstract(model_state)
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
-                )
-            ),
-        ).state
-    return nnx.merge_state(restored[weights], restored.get("model_state", model_state))
-
-
-def _abstract(tree):
-    """Restore targets on this process's first device (the saved sharding may name other devices)."""
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
-
-
-def _not_described(directory) -> str:
-    return f"the weights in {directory} do not fit the model that its {MODEL_FILE} describes"
-
-
-def _check_fits(stored_tree, expected_tree, mismatch: str) -> None:
-    """A clear error (`mismatch`, then counts and an example) when the shapes of two trees differ."""
-
-    def shapes(tree):
-        name = lambda key: str(getattr(key, "key", getattr(key, "idx", getattr(key, "name", key))))
-        return {
-            "/".join(map(name, path)).removesuffix("/value"): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-        }
-
-    stored, expected = shapes(stored_tree), shapes(expected_tree)
-    if stored == expected:
-        return
-    missing, extra = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
-    differ = [
-        f"{k}: stored {stored[k]}, expected {expected[k]}"
-        for k in sorted(expected.keys() & stored.keys())
-        if stored[k] != expected[k]
-    ]
-    detail = (differ[:1] or [f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"])[0]
-    raise ValueError(
-        f"load_pretrained: {mismatch} ({len(differ)} shapes differ, {len(missing)} missing, "
-        f"{len(extra)} unexpected; e.g. {detail})"
-    )

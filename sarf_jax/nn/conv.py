@@ -37,7 +37,7 @@ class CausalDepthwiseConv1d(nnx.Module):
 @jax.jit
 def causal_depthwise_conv1d(x, kernel, bias):
     """y_t = bias + sum_k kernel[k] * x_{t-(K-1)+k}; a named region, so FLOP counters
-    (sarf_jax.evaluate.flops) charge it as the convolution it is: K MACs per output."""
+    (sarf_jax.analysis.flops) charge it as the convolution it is: K MACs per output."""
     length, taps = x.shape[1], kernel.shape[0]
     padded = jnp.pad(x, [(0, 0), (taps - 1, 0), (0, 0)])
     y = sum(padded[:, k : k + length] * kernel[k, 0] for k in range(taps))

@@ -68,7 +68,7 @@ def selective_scan_pallas(u, A, delta, B, C, delta_bias, D, z, *, kernel, option
     """The kernel on the whole arrays, or per shard under shard_map.
 
     A named region of its own (like selective_scan.selective_scan_core), so that FLOP counters
-    (sarf_jax.evaluate.flops) charge it by rule: u and A come first, and D and z are operands
+    (sarf_jax.analysis.flops) charge it by rule: u and A come first, and D and z are operands
     only when given.
     """
     module, options = KERNELS[kernel], dict(options)

@@ -166,7 +166,7 @@ def selective_scan(
 def selective_scan_core(u, delta, A, B, C, D, z, *, impl, chunk_size):
     """Recurrence, readout, D skip and z gating, all float32, on grouped layouts.
 
-    A named region of its own so that FLOP counters (sarf_jax.evaluate.flops) find every scan
+    A named region of its own so that FLOP counters (sarf_jax.analysis.flops) find every scan
     and charge it the papers' 9·B·L·D·N (+ B·L·D for the D skip, + B·L·D for z gating).
     """
     kwargs = {"chunk_size": chunk_size} if impl == "chunked" else {}

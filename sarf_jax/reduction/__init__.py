@@ -10,9 +10,9 @@ reduction.schedules.trace(spec.schedule, (2, 2, 15, 2), (56, 56))        # grids
 dense = reduction.PositionMap.identity(x, (H, W)).then(plan).restore(x)  # reduced x on H×W again
 """
 
+from sarf_jax.analysis.describe import describe
 from sarf_jax.reduction import baselines, placement, plans, restore, sarf, schedules
 from sarf_jax.reduction.baselines import quartermap_downsample, quartermap_upsample
-from sarf_jax.reduction.describe import describe
 from sarf_jax.reduction.methods import METHODS, METRIC_SOURCE, TOME_PRUNE_BY_FAMILY, check_target
 from sarf_jax.reduction.plans import GatherPlan, MergePlan, Plan, ScatterPlan
 from sarf_jax.reduction.restore import PositionMap

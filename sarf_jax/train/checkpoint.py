@@ -1,8 +1,8 @@
 """Orbax checkpoints of the train state and the data iterator, and preemption (SIGTERM) handling.
 
-Layout: WORKDIR/checkpoints/<step>/{state, data}. `state` is the whole train state (params,
-optimizer, EMA, step, model state) saved with its sharding, `data` is the grain iterator state
-(one small JSON file per host). Saves are asynchronous (the arrays are copied off the devices
+Layout (named in sarf_jax.checkpoints): WORKDIR/checkpoints/<step>/{state, data}. `state` is the
+whole train state (params, optimizer, EMA, step, model state) saved with its sharding, `data` is
+the grain iterator state (one small JSON file per host). Saves are asynchronous (the arrays are copied off the devices
 before `save` returns, then written in the background) and only the newest `keep` survive.
 
 On start the newest readable checkpoint is restored. Orbax never lists a save that did not finish
@@ -23,11 +23,14 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from sarf_jax import checkpoints
+from sarf_jax.checkpoints import DATA_ITEM, TRAIN_STATE_ITEM
+
 
 class Checkpointer:
     def __init__(self, workdir, *, keep: int):
         self.workdir = epath.Path(workdir)
-        self.directory = self.workdir / "checkpoints"
+        self.directory = self.workdir / checkpoints.TRAINING_CHECKPOINTS
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -39,7 +42,10 @@ class Checkpointer:
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
+                **{
+                    TRAIN_STATE_ITEM: ocp.args.StandardSave(state),
+                    DATA_ITEM: grain.checkpoint.CheckpointSave(data_iterator),
+                }
             ),
             force=True,
         )
@@ -55,12 +61,14 @@ class Checkpointer:
                 restored = self.manager.restore(
                     step,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state),
-                        data=grain.checkpoint.CheckpointRestore(data_iterator),
+                        **{
+                            TRAIN_STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+                            DATA_ITEM: grain.checkpoint.CheckpointRestore(data_iterator),
+                        }
                     ),
                 )
             except Exception as error:  # noqa: BLE001 - any read failure means "skip this one"
-                aside = self.workdir / "unreadable_checkpoints" / f"{step}-{int(time.time())}"
+                aside = self.workdir / checkpoints.UNREADABLE_CHECKPOINTS / f"{step}-{int(time.time())}"
                 logging.warning(
                     "checkpoint at step %d in %s is unreadable (%s: %s); moved to %s, trying the previous one",
                     step,
@@ -71,7 +79,7 @@ class Checkpointer:
                 )
                 self._set_aside(step, aside)
                 continue
-            return restored.state, step
+            return getattr(restored, TRAIN_STATE_ITEM), step
         return None, None
 
     def _set_aside(self, step: int, aside: epath.Path) -> None:

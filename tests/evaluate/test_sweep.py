@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from sarf_jax import models, reduction
-from sarf_jax.evaluate import flops, report, sharded, sweep
+from sarf_jax.analysis import flops
+from sarf_jax.evaluate import report, sharded, sweep
 
 
 def test_parse_spec_reads_method_schedule_and_options():

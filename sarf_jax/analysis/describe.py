@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from sarf_jax.analysis.flops import model_gflops
+
 
 def describe(model, spec, img_size: int, *, in_chans: int | None = None) -> str:
     """A table of every reducing block (grid before -> after, tokens kept) and the GFLOPs saved.
 
     `model` is any sarf_jax backbone (concrete or from nnx.eval_shape); nothing is computed, the
-    FLOPs are counted on the traced program (sarf_jax.evaluate.flops).
+    FLOPs are counted on the traced program (sarf_jax.analysis.flops).
     """
-    from sarf_jax.evaluate.flops import model_gflops  # evaluate sits above reduction
-
     in_chans = in_chans if in_chans is not None else getattr(model, "in_chans", 3)
     sites = model.reduction_sites(spec) or ()
     lines = [

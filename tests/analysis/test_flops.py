@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from sarf_jax.evaluate import count_flops
+from sarf_jax.analysis import count_flops
 from sarf_jax.nn import Mamba
 from sarf_jax.ops import selective_scan
 
