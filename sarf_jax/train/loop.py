@@ -4,7 +4,7 @@ Order of events:
 1. every check that can fail (config values, mesh vs devices, batch divisibility, datasets,
    model construction) runs before anything is written, so a bad start leaves no workdir;
 2. the workdir gets config.json (the resolved config) and model.json (how to rebuild the model,
-   the format of models.pretrained), then checkpoints/, metrics.jsonl and tensorboard/;
+   the format of sarf_jax.checkpoints), then checkpoints/, metrics.jsonl and tensorboard/;
 3. the newest readable checkpoint is restored ("resumed from step N") or training starts
    ("starting from scratch");
 4. run_steps: one train step, then the periodic actions of actions.py, each with its trigger
@@ -28,11 +28,10 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
+from sarf_jax import checkpoints, parallel
 from sarf_jax import data as data_lib
-from sarf_jax import parallel
 from sarf_jax import reduction as reduction_lib
 from sarf_jax.evaluate import sharded
-from sarf_jax.models import pretrained
 from sarf_jax.train import config as config_lib
 from sarf_jax.train import optimizer as optimizer_lib
 from sarf_jax.train.actions import (
@@ -89,7 +88,7 @@ def prepare(config, devices=None):
         model.reduction_sites(reduction_lib.parse_spec(config.reduction))
     except (TypeError, ValueError) as error:
         raise ValueError(f"config.reduction={config.reduction!r}: {error}") from error
-    if config.init_from and not epath.Path(config.init_from, "model.json").exists():
+    if config.init_from and not epath.Path(config.init_from, checkpoints.MODEL_FILE).exists():
         raise ValueError(
             f"config.init_from={config.init_from!r} has no model.json (expected a model "
             "directory from save_pretrained / sarf_jax.convert, or a training workdir)"
@@ -102,8 +101,8 @@ def write_run_files(workdir: epath.Path, config, recipe: ModelRecipe) -> None:
     if jax.process_index() != 0:
         return
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-    pretrained.write_model_info(
+    (workdir / checkpoints.CONFIG_FILE).write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    checkpoints.write_model_info(
         workdir,
         name=recipe.name,
         num_classes=recipe.num_classes,
