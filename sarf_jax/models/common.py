@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import jax
 
+from sarf_jax.nn.checks import check_positive_ints
 
-def check_positive_ints(owner: str, **values) -> None:
-    """ValueError naming the first argument that is not a positive int."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+__all__ = ["check_positive_ints", "check_rate"]
 
 
 def check_rate(owner: str, name: str, value: float) -> None:

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sarf_jax.nn.checks import check_positive_ints
 from sarf_jax.nn.conv import CausalDepthwiseConv1d
 from sarf_jax.nn.initializers import torch_default, uniform
 from sarf_jax.ops import resolve_impl, selective_scan
@@ -53,12 +54,6 @@ def dt_bias_init(dt_min: float, dt_max: float, dt_init_floor: float):
         return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)  # inverse of softplus
 
     return init
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Mamba: {name} must be a positive int, got {value!r}")
-    return value
 
 
 class Mamba(nnx.Module):
@@ -99,18 +94,17 @@ class Mamba(nnx.Module):
         chunk_size: int | None = None,
         rngs: nnx.Rngs,
     ):
-        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
-            _positive_int(name, value)
+        check_positive_ints("Mamba", d_model=d_model, d_state=d_state, d_conv=d_conv, expand=expand)
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
-        _positive_int("dt_rank (or 'auto')", dt_rank)
+        check_positive_ints("Mamba", **{"dt_rank (or 'auto')": dt_rank})
         if bidirectional not in BIDIRECTIONAL:
             raise ValueError(f"Mamba: bidirectional must be one of {BIDIRECTIONAL}, got {bidirectional!r}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"Mamba: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         resolve_impl(scan_impl)  # validates the name now rather than at the first call
         if chunk_size is not None:
-            _positive_int("chunk_size", chunk_size)
+            check_positive_ints("Mamba", chunk_size=chunk_size)
 
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = d_inner = expand * d_model

@@ -42,18 +42,13 @@ from einops import rearrange
 from flax import nnx
 
 from sarf_jax.nn import scan_orders
+from sarf_jax.nn.checks import check_positive_ints
 from sarf_jax.nn.conv import DepthwiseConv2d
 from sarf_jax.nn.initializers import torch_default, uniform
 from sarf_jax.nn.mamba import dt_bias_init
 from sarf_jax.ops import resolve_impl, selective_scan
 
 DT_INITS = ("random", "constant")
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"PlainMamba2D: {name} must be a positive int, got {value!r}")
-    return value
 
 
 class PlainMamba2D(nnx.Module):
@@ -96,20 +91,19 @@ class PlainMamba2D(nnx.Module):
         chunk_size: int | None = None,
         rngs: nnx.Rngs,
     ):
-        for name, value in (("d_model", d_model), ("d_state", d_state), ("expand", expand), ("conv_size", conv_size)):
-            _positive_int(name, value)
+        check_positive_ints("PlainMamba2D", d_model=d_model, d_state=d_state, expand=expand, conv_size=conv_size)
         if conv_size % 2 != 1:
             raise ValueError(f"PlainMamba2D: conv_size must be odd, got {conv_size}")
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
-        _positive_int("dt_rank (or 'auto')", dt_rank)
+        check_positive_ints("PlainMamba2D", **{"dt_rank (or 'auto')": dt_rank})
         if dt_init not in DT_INITS:
             raise ValueError(f"PlainMamba2D: dt_init must be one of {DT_INITS}, got {dt_init!r}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"PlainMamba2D: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         resolve_impl(scan_impl)
         if chunk_size is not None:
-            _positive_int("chunk_size", chunk_size)
+            check_positive_ints("PlainMamba2D", chunk_size=chunk_size)
 
         self.d_model, self.d_state, self.dt_rank = d_model, d_state, dt_rank
         self.d_inner = d_inner = expand * d_model

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
+from sarf_jax.nn.checks import check_positive_ints
 from sarf_jax.nn.conv import DepthwiseConv2d
 from sarf_jax.nn.initializers import torch_default, uniform
 from sarf_jax.nn.mamba import dt_bias_init
@@ -71,12 +72,6 @@ def cross_merge(ys: jax.Array, height: int, width: int) -> jax.Array:
     rows = rearrange(y[:, :, 0], "b (h w) c -> b h w c", h=height, w=width)
     columns = rearrange(y[:, :, 1], "b (w h) c -> b h w c", h=height, w=width)
     return rows + columns
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"SS2D: {name} must be a positive int, got {value!r}")
-    return value
 
 
 class SS2D(nnx.Module):
@@ -116,20 +111,19 @@ class SS2D(nnx.Module):
         chunk_size: int | None = None,
         rngs: nnx.Rngs,
     ):
-        _positive_int("d_model", d_model)
-        _positive_int("d_state", d_state)
+        check_positive_ints("SS2D", d_model=d_model, d_state=d_state)
         if forward_type not in FORWARD_TYPES:
             raise ValueError(f"SS2D: forward_type must be one of {FORWARD_TYPES}, got {forward_type!r}")
         if isinstance(ssm_ratio, bool) or not isinstance(ssm_ratio, (int, float)) or int(ssm_ratio * d_model) < 1:
             raise ValueError(f"SS2D: ssm_ratio must make int(ssm_ratio * d_model) >= 1, got {ssm_ratio!r}")
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
-        _positive_int("dt_rank (or 'auto')", dt_rank)
+        check_positive_ints("SS2D", **{"dt_rank (or 'auto')": dt_rank})
         if isinstance(d_conv, bool) or not isinstance(d_conv, int) or d_conv < 3 or d_conv % 2 == 0:
             raise ValueError(f"SS2D: d_conv must be an odd int >= 3, got {d_conv!r}")
         resolve_impl(scan_impl)
         if chunk_size is not None:
-            _positive_int("chunk_size", chunk_size)
+            check_positive_ints("SS2D", chunk_size=chunk_size)
 
         self.d_model, self.d_state, self.dt_rank = d_model, d_state, dt_rank
         self.d_inner = d_inner = int(ssm_ratio * d_model)
