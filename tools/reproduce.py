@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 MODELS = ("vmamba_mini", "plainmamba_mini", "vim_mini", "vit_mini")
@@ -147,22 +147,6 @@ def define_flags() -> None:
     )
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """sarf_jax.cli's convention (without importing the package): --help exits 0, a bad flag is one
-    line on stderr and exit status 2."""
-    try:
-        rest = flags.FLAGS(argv)
-    except flags.Error as error:
-        print(f"reproduce.py: error: {'; '.join(str(error).splitlines())}", file=sys.stderr)
-        sys.exit(2)
-    except SystemExit as exit:  # absl exits 1 after printing --help: not an error
-        sys.exit(0 if exit.code == 1 else exit.code)
-    if len(rest) > 1:
-        print(f"reproduce.py: error: unexpected arguments {rest[1:]} (see --help)", file=sys.stderr)
-        sys.exit(2)
-    return rest
-
-
 def main(argv) -> None:
     args = flags.FLAGS
     out = ROOT / args.out
@@ -252,5 +236,7 @@ def finetune_markdown(report: dict) -> str:
 
 
 if __name__ == "__main__":
+    from sarf_jax import cli
+
     define_flags()
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, "reproduce.py")

@@ -1,12 +1,17 @@
-"""Argument checks shared by the model constructors and forward passes."""
+"""Argument checks and weight fitting shared by the model constructors and forward passes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
+from flax import nnx
 
 from sarf_jax.nn.checks import check_positive_ints
+from sarf_jax.nn.pos_embed import resize_bicubic
+from sarf_jax.reduction import placement
 
-__all__ = ["check_positive_ints", "check_rate"]
+__all__ = ["check_positive_ints", "check_rate", "resize_pos_embed_with_class_token"]
 
 
 def check_rate(owner: str, name: str, value: float) -> None:
@@ -40,3 +45,18 @@ def check_feature_layers(owner: str, feature_layers, depth: int) -> tuple[int, .
             f"{owner}: feature_layers must be increasing block indices in [0, {depth}), got {feature_layers!r}"
         )
     return layers
+
+
+def resize_pos_embed_with_class_token(
+    weights: nnx.State, stored_grid, grid, class_position: Callable[[tuple[int, int]], int]
+) -> nnx.State:
+    """`weights` with its `pos_embed` (1, h·w + 1, D) fitted from `stored_grid` to `grid`: the class
+    token's entry (at `class_position(grid)` of each grid) kept as is, the patch entries resized with
+    PyTorch's bicubic (align_corners=False), as fine-tuning at another resolution does."""
+    stored_grid, grid = tuple(stored_grid), tuple(grid)
+    if stored_grid == grid:
+        return weights
+    stored = weights["pos_embed"][...]
+    patches, cls = placement.split_class_token(stored, class_position(stored_grid), stored_grid)
+    resized = placement.join_class_token(resize_bicubic(patches, grid), cls, class_position(grid))
+    return nnx.State({**weights, "pos_embed": weights["pos_embed"].replace(resized)})

@@ -24,10 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sarf_jax.models.common import check_feature_layers, check_images, check_positive_ints, check_rate
+from sarf_jax.models.common import (
+    check_feature_layers,
+    check_images,
+    check_positive_ints,
+    check_rate,
+    resize_pos_embed_with_class_token,
+)
 from sarf_jax.models.registry import register
 from sarf_jax.nn import DropPath, Mamba
-from sarf_jax.nn.pos_embed import resize_bicubic
 from sarf_jax.reduction import placement
 from sarf_jax.reduction.restore import restore_taps
 
@@ -144,11 +149,7 @@ class VisionMamba(nnx.Module):
         middle; the patch entries resized with PyTorch's bicubic (align_corners=False). (Vim's
         main.py --finetune keeps the first entry aside as DeiT does, which with the middle class
         token resizes the class token's entry among the patches; we keep the class token's own.)"""
-        if tuple(grid) == self.grid:
-            return weights
-        patches, cls = placement.split_class_token(weights["pos_embed"][...], grid[0] * grid[1] // 2, grid)
-        resized = placement.join_class_token(resize_bicubic(patches, self.grid), cls, self.cls_position)
-        return nnx.State({**weights, "pos_embed": weights["pos_embed"].replace(resized)})
+        return resize_pos_embed_with_class_token(weights, grid, self.grid, lambda grid: grid[0] * grid[1] // 2)
 
     def tokens(self, images: jax.Array) -> jax.Array:
         """Patch tokens with the middle class token and position embedding: (B, M + 1, D)."""

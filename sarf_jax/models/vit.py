@@ -16,10 +16,15 @@ import numpy as np
 from einops import rearrange
 from flax import nnx
 
-from sarf_jax.models.common import check_feature_layers, check_images, check_positive_ints, check_rate
+from sarf_jax.models.common import (
+    check_feature_layers,
+    check_images,
+    check_positive_ints,
+    check_rate,
+    resize_pos_embed_with_class_token,
+)
 from sarf_jax.models.registry import register
 from sarf_jax.nn import DropPath, Mlp
-from sarf_jax.nn.pos_embed import resize_bicubic
 from sarf_jax.reduction import placement
 from sarf_jax.reduction.restore import restore_taps
 
@@ -153,11 +158,7 @@ class VisionTransformer(nnx.Module):
         """`weights` (a state like this model's) stored for patch grid `grid`, with `pos_embed` fitted
         to this model's grid as DeiT fine-tunes at another resolution: the class token's entry
         (first) unchanged, the patch entries resized with PyTorch's bicubic (align_corners=False)."""
-        if tuple(grid) == self.grid:
-            return weights
-        patches, cls = placement.split_class_token(weights["pos_embed"][...], 0, grid)
-        resized = placement.join_class_token(resize_bicubic(patches, self.grid), cls, 0)
-        return nnx.State({**weights, "pos_embed": weights["pos_embed"].replace(resized)})
+        return resize_pos_embed_with_class_token(weights, grid, self.grid, lambda grid: 0)
 
     def reduction_sites(self, reduction):
         """Grid before and after every block under `reduction` (None when nothing is reduced)."""
