@@ -124,6 +124,39 @@ def run_sweep(
     Every spec is checked (its schedule resolved against each model) before anything runs.
     progress: a tqdm bar over the entries on stderr (log lines are written above it).
     """
+    _check_models(models_by_weights, specs)
+    mesh = parallel.make_mesh({"data": -1}) if mesh is None else mesh
+    sharded.check_batch_size(mesh, batch_size)
+    writer = jax.process_index() == 0
+    log = log if writer else (lambda *args: None)
+    results = SweepResults.open(workdir, sweep_meta(mesh, batch_size=batch_size, img_size=img_size), writer=writer)
+    pairs = [(w, s) for w in models_by_weights for s in specs]
+    todo = _entries_left(results, pairs, log)
+    done = len(pairs) - len(todo)
+    placed = {w: sharded.on_mesh(m, mesh) for w, m in models_by_weights.items()}
+    evaluator = sharded.Evaluator(next(iter(placed.values()))[0], mesh, preprocess=preprocess)
+    sizes = dict(batch_size=batch_size, img_size=img_size, in_chans=in_chans)
+    bar = tqdm(total=len(todo), unit="entry", disable=not (progress and writer), file=sys.stderr, dynamic_ncols=True)
+    for index, (weights, spec) in enumerate(todo):
+        bar.set_description(f"{weights} {reduction_lib.spec_label(spec)}")
+        start = time.perf_counter()
+        scores = evaluator(placed[weights][1], batches_fn(), spec)
+        entry = _sweep_entry(scores, models_by_weights[weights], weights, spec, measure_speed=writer, **sizes)
+        results.add(entry, complete=False)
+        if writer:
+            (bar.write if progress else log)(
+                _entry_line(entry, done + index + 1, len(pairs), seconds=time.perf_counter() - start)
+            )
+        bar.update(1)
+    bar.close()
+    _add_top1_drops(results)
+    results.write(complete=True)
+    return results
+
+
+def _check_models(models_by_weights: dict, specs) -> None:
+    """Every model has one structure and takes every spec, so that a bad schedule fails before any
+    evaluation."""
     structure = nnx.graphdef(next(iter(models_by_weights.values())))
     for weights, model in models_by_weights.items():
         if nnx.graphdef(model) != structure:
@@ -132,51 +165,51 @@ def run_sweep(
                 "others (a sweep evaluates several weights of one model)"
             )
         for spec in specs:
-            model.reduction_sites(spec)  # a bad schedule fails here, before any evaluation
-    mesh = parallel.make_mesh({"data": -1}) if mesh is None else mesh
-    sharded.check_batch_size(mesh, batch_size)
-    writer = jax.process_index() == 0
-    log = log if writer else (lambda *args: None)
-    results = SweepResults.open(workdir, sweep_meta(mesh, batch_size=batch_size, img_size=img_size), writer=writer)
-    pairs = [(w, s) for w in models_by_weights for s in specs]
+            model.reduction_sites(spec)
+
+
+def _entries_left(results: SweepResults, pairs: list, log) -> list:
+    """The (weights, spec) pairs not yet in results.json as process 0 reads it, so that every
+    process runs the same ones."""
     finished = _from_process_0([results.find(w, reduction_lib.spec_label(s)) is not None for w, s in pairs])
     todo = [pair for pair, skip in zip(pairs, finished) if not skip]
     done = len(pairs) - len(todo)
     if done:
         log(f"resuming: {done} finished entries kept, {len(todo)} to run")
-    placed = {w: sharded.on_mesh(m, mesh) for w, m in models_by_weights.items()}
-    evaluator = sharded.Evaluator(next(iter(placed.values()))[0], mesh, preprocess=preprocess)
-    bar = tqdm(total=len(todo), unit="entry", disable=not (progress and writer), file=sys.stderr, dynamic_ncols=True)
-    for index, (weights, spec) in enumerate(todo):
-        model = models_by_weights[weights]
-        label = reduction_lib.spec_label(spec)
-        bar.set_description(f"{weights} {label}")
-        start = time.perf_counter()
-        scores = evaluator(placed[weights][1], batches_fn(), spec)
-        speed = (
-            images_per_second(model, spec, batch_size=batch_size, img_size=img_size, in_chans=in_chans)
-            if writer
-            else None
-        )
-        entry = {
-            "weights": weights,
-            "reduction": label,
-            "method": "none" if spec is None else spec.method,
-            **scores,
-            "gflops": model_gflops(model, img_size, in_chans=in_chans, reduction=spec),
-            "images_per_s": speed,
-        }
-        results.add(entry, complete=False)
-        if writer:
-            (bar.write if progress else log)(
-                f"[{done + index + 1}/{len(pairs)}] {weights} {label}: top1 {entry['top1']:.4f} "
-                f"top5 {entry['top5']:.4f} {entry['gflops']:.4f} GFLOPs {speed:.0f} img/s "
-                f"({time.perf_counter() - start:.0f} s)"
-            )
-        bar.update(1)
-    bar.close()
-    for entry in results.entries:  # drop vs the dense model of the same weights
+    return todo
+
+
+def _sweep_entry(
+    scores: dict, model, weights: str, spec, *, measure_speed: bool, batch_size: int, img_size: int, in_chans: int
+) -> dict:
+    """One entry of results.json: the accuracy `scores`, images/s (measured by the writer only, on
+    one of its devices) and GFLOPs of `model` under `spec`."""
+    speed = (
+        images_per_second(model, spec, batch_size=batch_size, img_size=img_size, in_chans=in_chans)
+        if measure_speed
+        else None
+    )
+    return {
+        "weights": weights,
+        "reduction": reduction_lib.spec_label(spec),
+        "method": "none" if spec is None else spec.method,
+        **scores,
+        "gflops": model_gflops(model, img_size, in_chans=in_chans, reduction=spec),
+        "images_per_s": speed,
+    }
+
+
+def _entry_line(entry: dict, number: int, total: int, *, seconds: float) -> str:
+    """The log line of the `number`-th of `total` entries, which took `seconds`."""
+    return (
+        f"[{number}/{total}] {entry['weights']} {entry['reduction']}: top1 {entry['top1']:.4f} "
+        f"top5 {entry['top5']:.4f} {entry['gflops']:.4f} GFLOPs {entry['images_per_s']:.0f} img/s "
+        f"({seconds:.0f} s)"
+    )
+
+
+def _add_top1_drops(results: SweepResults) -> None:
+    """Each entry's top1_drop: the dense model's top-1 (same weights) minus its own, None without one."""
+    for entry in results.entries:
         dense = results.find(entry["weights"], "none")
         entry["top1_drop"] = None if dense is None else dense["top1"] - entry["top1"]
-    results.write(complete=True)
-    return results

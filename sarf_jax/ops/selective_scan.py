@@ -108,28 +108,26 @@ def selective_scan(
     """
     u, delta, A, B, C = (jnp.asarray(x) for x in (u, delta, A, B, C))
     D, z, delta_bias = (None if x is None else jnp.asarray(x) for x in (D, z, delta_bias))
-    _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size, interpret)
+    arrays = (u, delta, A, B, C, D, z, delta_bias)
+    _check_arguments(*arrays, chunk_size, interpret)
     name = resolve_impl(impl)
     if name in scan_pallas.KERNELS:
         result = scan_pallas.run(
-            name,
-            u,
-            delta,
-            A,
-            B,
-            C,
-            D,
-            z,
-            delta_bias,
-            delta_softplus=delta_softplus,
-            return_last_state=return_last_state,
-            interpret=interpret,
+            name, *arrays, delta_softplus=delta_softplus, return_last_state=return_last_state, interpret=interpret
         )
         if result is not None:
             y, last_state = result
             return (y, last_state) if return_last_state else y
         name = "chunked"
+    y, last_state = _xla_scan(
+        *arrays, delta_softplus=delta_softplus, return_last_state=return_last_state, impl=name, chunk_size=chunk_size
+    )
+    return (y, last_state) if return_last_state else y
 
+
+def _xla_scan(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus, return_last_state, impl, chunk_size):
+    """(y, last_state or None) from an XLA recurrence, with selective_scan's layouts: the float32
+    discretisation and the grouped layouts around selective_scan_core, shared by every XLA form."""
     batch, length, channels = u.shape
     grouped = B.ndim == 4
     groups = B.shape[2] if grouped else 1
@@ -138,12 +136,7 @@ def selective_scan(
 
     f32 = lambda x: x.astype(jnp.float32)
     u32 = f32(u)
-    step = f32(delta)
-    if delta_bias is not None:
-        step = step + f32(delta_bias)
-    if delta_softplus:
-        step = jax.nn.softplus(step)
-
+    step = _discretised_step(delta, delta_bias, delta_softplus)
     as_groups = lambda x: None if x is None else x.reshape(batch, length, groups, per_group)
     y, last_state = selective_scan_core(
         as_groups(u32),
@@ -153,13 +146,21 @@ def selective_scan(
         f32(C) if grouped else f32(C)[:, :, None, :],
         None if D is None else f32(D).reshape(groups, per_group),
         None if z is None else as_groups(f32(z)),
-        impl=name,
+        impl=impl,
         chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
     )
     y = y.reshape(batch, length, channels).astype(u.dtype)
-    if return_last_state:
-        return y, last_state.reshape(batch, channels, state)
-    return y
+    return y, (last_state.reshape(batch, channels, state) if return_last_state else None)
+
+
+def _discretised_step(delta, delta_bias, delta_softplus: bool):
+    """float32 softplus(delta + delta_bias), each step optional."""
+    step = delta.astype(jnp.float32)
+    if delta_bias is not None:
+        step = step + delta_bias.astype(jnp.float32)
+    if delta_softplus:
+        step = jax.nn.softplus(step)
+    return step
 
 
 @functools.partial(jax.jit, static_argnames=("impl", "chunk_size"))
@@ -180,22 +181,29 @@ def selective_scan_core(u, delta, A, B, C, D, z, *, impl, chunk_size):
 
 def _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size, interpret):
     """Raise ValueError naming the offending argument, before anything is traced or compiled."""
-    for name, x in (
-        ("u", u),
-        ("delta", delta),
-        ("A", A),
-        ("B", B),
-        ("C", C),
-        ("D", D),
-        ("z", z),
-        ("delta_bias", delta_bias),
-    ):
+    _check_real_floating(dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias))
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"selective_scan: chunk_size must be a positive int, got {chunk_size!r}")
+    if not (interpret is None or isinstance(interpret, bool) or isinstance(interpret, pltpu.InterpretParams)):
+        raise ValueError(
+            f"selective_scan: interpret must be None, True, False or a pltpu.InterpretParams, got {interpret!r}"
+        )
+
+
+def _check_real_floating(arrays: dict) -> None:
+    """Every given array (None: not given) has a real floating dtype: the scan has no complex form."""
+    for name, x in arrays.items():
         if x is not None and not jnp.issubdtype(x.dtype, jnp.floating):
             kind = "complex A is not supported" if jnp.issubdtype(x.dtype, jnp.complexfloating) else ""
             raise ValueError(
                 f"selective_scan: {name} must have a real floating dtype, got {x.dtype}"
                 + (f" ({kind})" if kind else "")
             )
+
+
+def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
+    """Every shape agrees with u's (batch, length, channels) and A's (channels, state)."""
     if u.ndim != 3:
         raise ValueError(f"selective_scan: u must have shape (batch, length, channels), got shape {u.shape}")
     batch, length, channels = u.shape
@@ -224,9 +232,3 @@ def _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size, interpret)
     for name, x in (("D", D), ("delta_bias", delta_bias)):
         if x is not None and x.shape != (channels,):
             raise ValueError(f"selective_scan: {name} must have shape (channels,) = ({channels},), got {x.shape}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"selective_scan: chunk_size must be a positive int, got {chunk_size!r}")
-    if not (interpret is None or isinstance(interpret, bool) or isinstance(interpret, pltpu.InterpretParams)):
-        raise ValueError(
-            f"selective_scan: interpret must be None, True, False or a pltpu.InterpretParams, got {interpret!r}"
-        )

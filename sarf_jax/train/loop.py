@@ -125,6 +125,42 @@ def restore_or_initialize(checkpointer: Checkpointer, state: dict, parts: ModelP
     return state
 
 
+def make_train_iterator(train_source, config):
+    """This process's share of every global training batch, in an order fixed by config.seed (its
+    position is part of each checkpoint)."""
+    return data_lib.train_iterator(
+        train_source,
+        config.data,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+def make_actions(config, workdir, first_step: int, writer, checkpointer, train_iterator, evaluate_weights):
+    """(metrics_logger, preemption, [metrics_logger, checkpointing, evaluation, profiler]): the
+    actions run after each step, each with its trigger, and Preemption, checked before each step,
+    which saves through Checkpointing; the loop flushes metrics_logger before the final evaluation."""
+    total = config.total_steps
+    metrics_logger = MetricsLogger(
+        Every(config.log_every, total),
+        writer,
+        ProgressBar(total, first_step, enabled=config.progress_bar and jax.process_index() == 0),
+        Throughput(first_step),
+        checkpointer,
+    )
+    checkpointing = Checkpointing(Every(config.checkpoint_every, total), checkpointer, train_iterator, metrics_logger)
+    preemption = Preemption(PreemptionWatcher(), checkpointing)
+    actions = [
+        metrics_logger,
+        checkpointing,
+        PeriodicEvaluation(Every(config.eval_every, total, at_last=False), evaluate_weights, writer),
+        Profiler(profile_range(first_step, config.profile_steps), workdir / "profile"),
+    ]
+    return metrics_logger, preemption, actions
+
+
 def run_steps(state, step: int, total_steps: int, next_batch, train_step, actions, preemption: Preemption):
     """The training loop: one step, then every periodic action. Returns (state, None) when
     `total_steps` are done, or (state, {"preempted_at_step": step}) after a preemption."""
@@ -149,14 +185,7 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
     batch_sharding = parallel.batch_sharding(mesh)
     with jax.set_mesh(mesh):
         state, parts = init_train_state(recipe, config, tx, mesh)
-    train_iterator = data_lib.train_iterator(
-        train_source,
-        config.data,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    train_iterator = make_train_iterator(train_source, config)
     with contextlib.ExitStack() as closing:  # closed in reverse order, also on errors
         writer = closing.enter_context(contextlib.closing(MetricWriter(workdir, enabled=jax.process_index() == 0)))
         checkpointer = Checkpointer(workdir, keep=config.keep_checkpoints)
@@ -173,23 +202,9 @@ def train_and_evaluate(config, workdir, *, devices=None) -> dict:
 
         first_step = int(jax.device_get(state["step"]))
         total = config.total_steps
-        metrics_logger = MetricsLogger(
-            Every(config.log_every, total),
-            writer,
-            ProgressBar(total, first_step, enabled=config.progress_bar and jax.process_index() == 0),
-            Throughput(first_step),
-            checkpointer,
+        metrics_logger, preemption, actions = make_actions(
+            config, workdir, first_step, writer, checkpointer, train_iterator, evaluate_weights
         )
-        checkpointing = Checkpointing(
-            Every(config.checkpoint_every, total), checkpointer, train_iterator, metrics_logger
-        )
-        preemption = Preemption(PreemptionWatcher(), checkpointing)
-        actions = [
-            metrics_logger,
-            checkpointing,
-            PeriodicEvaluation(Every(config.eval_every, total, at_last=False), evaluate_weights, writer),
-            Profiler(profile_range(first_step, config.profile_steps), workdir / "profile"),
-        ]
         for action in [preemption, *actions]:
             closing.callback(action.close)
 

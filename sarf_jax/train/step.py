@@ -49,71 +49,17 @@ def make_train_step(
     """jitted (state, batch) -> (state, metrics); the state is donated."""
     accum = config.grad_accum_steps
     base_key = jax.random.key(config.seed)
-    data = config.data
-    reduction = parse_spec(config.reduction)
-
-    def loss_fn(params, model_state, images, targets, key):
-        logits, model_state = apply_model(parts, params, model_state, images, train=True, key=key, reduction=reduction)
-        loss = optax.softmax_cross_entropy(logits, targets).mean()
-        return loss, (logits, model_state)
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = _loss_and_grad_fn(parts, parse_spec(config.reduction))
 
     def train_step(state, batch):
         step_key = jax.random.fold_in(base_key, state["step"])
-        images = normalize(batch["image"], mean, std)
         labels = batch["label"]
-        targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), config.label_smoothing)
-        images, targets = mixup_cutmix(
-            jax.random.fold_in(step_key, 0),
-            images,
-            targets,
-            mixup_alpha=data.mixup_alpha,
-            cutmix_alpha=data.cutmix_alpha,
-            switch_prob=data.mix_switch_prob,
+        images, targets = _mixed_inputs(batch, step_key, config, num_classes=num_classes, mean=mean, std=std)
+        loss, correct, grads, model_state = _batch_gradients(
+            grad_fn, state["params"], state["model_state"], images, targets, labels, step_key, accum
         )
-        params = state["params"]
-        if accum == 1:
-            (loss, (logits, model_state)), grads = grad_fn(
-                params, state["model_state"], images, targets, jax.random.fold_in(step_key, 1)
-            )
-            correct = jnp.sum(jnp.argmax(logits, -1) == labels)
-        else:
-            # micro-batch i = rows i, i + accum, ...: each device keeps its own rows (no resharding)
-            def micro(x):
-                return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
-
-            def body(carry, inputs):
-                grads_sum, loss_sum, correct_sum, model_state = carry
-                index, images, targets, labels = inputs
-                (loss, (logits, model_state)), grads = grad_fn(
-                    params, model_state, images, targets, jax.random.fold_in(step_key, 1 + index)
-                )
-                grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
-                correct_sum = correct_sum + jnp.sum(jnp.argmax(logits, -1) == labels)
-                return (grads_sum, loss_sum + loss, correct_sum, model_state), None
-
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            carry = (zeros, jnp.float32(0), jnp.int32(0), state["model_state"])
-            inputs = (jnp.arange(accum), micro(images), micro(targets), micro(labels))
-            (grads, loss, correct, model_state), _ = jax.lax.scan(body, carry, inputs)
-            grads = jax.tree.map(lambda g: g / accum, grads)
-            loss = loss / accum
-
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
-        new_state = {
-            "step": state["step"] + 1,
-            "params": new_params,
-            "model_state": model_state,
-            "opt_state": opt_state,
-        }
-        if "ema" in state:
-            decay = config.ema_decay
-            new_state["ema"] = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state["ema"], new_params)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        new_state, grad_norm = _optimizer_step(state, grads, model_state, tx, config.ema_decay)
+        new_state = _unless_non_finite(new_state, state, loss, grad_norm)
         metrics = {
             "loss": loss,
             "accuracy": correct / labels.shape[0],
@@ -128,3 +74,94 @@ def make_train_step(
         out_shardings=(parts.state_shardings, None),
         donate_argnums=0,
     )
+
+
+def _loss_and_grad_fn(parts, reduction):
+    """(params, model_state, images, targets, key) -> ((loss, (logits, model_state)), grads): the
+    logits count correct predictions and the model state carries BatchNorm statistics forward."""
+
+    def loss_fn(params, model_state, images, targets, key):
+        logits, model_state = apply_model(parts, params, model_state, images, train=True, key=key, reduction=reduction)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        return loss, (logits, model_state)
+
+    return jax.value_and_grad(loss_fn, has_aux=True)
+
+
+def _mixed_inputs(batch, step_key, config, *, num_classes: int, mean, std):
+    """(images, targets): uint8 images normalised on the device and smoothed one-hot targets, both
+    mixed by mixup/cutmix with the step's stream 0."""
+    data = config.data
+    images = normalize(batch["image"], mean, std)
+    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), config.label_smoothing)
+    return mixup_cutmix(
+        jax.random.fold_in(step_key, 0),
+        images,
+        targets,
+        mixup_alpha=data.mixup_alpha,
+        cutmix_alpha=data.cutmix_alpha,
+        switch_prob=data.mix_switch_prob,
+    )
+
+
+def _batch_gradients(grad_fn, params, model_state, images, targets, labels, step_key, accum: int):
+    """(mean loss, correct predictions, mean gradients, new model_state) of the whole batch: one
+    pass with the step's stream 1, or `accum` micro-batches."""
+    if accum == 1:
+        (loss, (logits, model_state)), grads = grad_fn(
+            params, model_state, images, targets, jax.random.fold_in(step_key, 1)
+        )
+        return loss, jnp.sum(jnp.argmax(logits, -1) == labels), grads, model_state
+    return _accumulated_gradients(grad_fn, params, model_state, images, targets, labels, step_key, accum)
+
+
+def _micro_batches(x, accum: int):
+    """(accum, rows / accum, ...): micro-batch i = rows i, i + accum, ...: each device keeps its own
+    rows (no resharding)."""
+    return jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
+
+
+def _accumulated_gradients(grad_fn, params, model_state, images, targets, labels, step_key, accum: int):
+    """`_batch_gradients` over `accum` micro-batches, one at a time (lax.scan), so that only one
+    micro-batch's activations are alive; micro-batch i draws the step's stream 1 + i."""
+
+    def body(carry, inputs):
+        grads_sum, loss_sum, correct_sum, model_state = carry
+        index, images, targets, labels = inputs
+        (loss, (logits, model_state)), grads = grad_fn(
+            params, model_state, images, targets, jax.random.fold_in(step_key, 1 + index)
+        )
+        grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+        correct_sum = correct_sum + jnp.sum(jnp.argmax(logits, -1) == labels)
+        return (grads_sum, loss_sum + loss, correct_sum, model_state), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    carry = (zeros, jnp.float32(0), jnp.int32(0), model_state)
+    inputs = (jnp.arange(accum), *(_micro_batches(x, accum) for x in (images, targets, labels)))
+    (grads, loss, correct, model_state), _ = jax.lax.scan(body, carry, inputs)
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    return loss / accum, correct, grads, model_state
+
+
+def _optimizer_step(state, grads, model_state, tx: optax.GradientTransformation, ema_decay: float):
+    """(the state after one optimizer update and EMA update, the gradient norm before clipping)."""
+    params = state["params"]
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    new_state = {
+        "step": state["step"] + 1,
+        "params": new_params,
+        "model_state": model_state,
+        "opt_state": opt_state,
+    }
+    if "ema" in state:
+        new_state["ema"] = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state["ema"], new_params)
+    return new_state, grad_norm
+
+
+def _unless_non_finite(new_state, state, loss, grad_norm):
+    """`new_state`, or `state` itself (step counter included) when the loss or the gradient norm is
+    not finite: a bad batch never reaches a checkpoint."""
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    return jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
