@@ -40,166 +40,38 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sarf_jax.models.common import check_feature_layers, check_positive_ints, check_rate
+from sarf_jax.models.plainmamba_blocks import ConvPatchEmbed, LinearClsHead, PlainMambaLayer, layer_norm
 from sarf_jax.models.registry import register
-from sarf_jax.nn.common import DropPath
-from sarf_jax.nn.conv import DepthwiseConv2d
-from sarf_jax.nn.initializers import torch_default
-from sarf_jax.nn.plainmamba2d import PlainMamba2D
+from sarf_jax.nn.checks import check_bools, check_ints_at_least, is_int
 from sarf_jax.nn.pos_embed import resize_bicubic
+from sarf_jax.nn.ssm_config import SSMConfig
 from sarf_jax.reduction import placement
 from sarf_jax.reduction.restore import restore_taps
 
 OFFICIAL_STEM_CHANNELS = 64
 
 
-def _conv(in_features, out_features, kernel, *, stride=1, padding=0, bias=False, dtype, rngs):
-    fan_in = in_features * kernel * kernel
-    return nnx.Conv(
-        in_features,
-        out_features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        use_bias=bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=torch_default(fan_in),
-        bias_init=torch_default(fan_in),
-        rngs=rngs,
-    )
-
-
-def _batch_norm(features, *, dtype, rngs):
-    """torch's BatchNorm2d: eps 1e-5, running averages with momentum 0.1, exact variance."""
-    return nnx.BatchNorm(
-        features, epsilon=1e-5, momentum=0.9, use_fast_variance=False, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-    )
-
-
-def _layer_norm(features, epsilon, *, dtype, rngs, affine=True):
-    return nnx.LayerNorm(
-        features,
-        epsilon=epsilon,
-        use_fast_variance=False,
-        use_scale=affine,
-        use_bias=affine,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        rngs=rngs,
-    )
-
-
-def _conv_bn_act(sequence: nnx.List, x: jax.Array, *, train: bool) -> jax.Array:
-    """Apply [conv, BatchNorm, activation] * n kept in one list (official nn.Sequential indices)."""
-    for i in range(0, len(sequence), 3):
-        conv, norm, activation = sequence[i : i + 3]
-        x = activation(norm(conv(x), use_running_average=not train))
-    return x
-
-
-def _gelu(x):
-    return jax.nn.gelu(x, approximate=False)  # torch nn.GELU is the exact erf form
-
-
-class ConvPatchEmbed(nnx.Module):
-    """Convolutional stem: (B, H, W, in_chans) -> (B, H / patch, W / patch, embed_dim)."""
-
-    def __init__(
-        self,
-        in_chans: int,
-        embed_dim: int,
-        patch_size: int,
-        num_convs: int,
-        stem_channels: int,
-        *,
-        dtype,
-        rngs: nnx.Rngs,
-    ):
-        conv = lambda i, o, k, **kw: _conv(i, o, k, dtype=dtype, rngs=rngs, **kw)
-        bn = lambda c: _batch_norm(c, dtype=dtype, rngs=rngs)
-        self.stem = nnx.List([conv(in_chans, stem_channels, 7, stride=2, padding=3), bn(stem_channels), jax.nn.relu])
-        self.convs = (
-            nnx.List(
-                [
-                    layer
-                    for _ in range(num_convs)
-                    for layer in (conv(stem_channels, stem_channels, 3, padding=1), bn(stem_channels), jax.nn.relu)
-                ]
-            )
-            if num_convs
-            else None
+def _check_arguments(args: dict) -> tuple[int, ...]:
+    """Validate PlainMamba's constructor arguments (its locals()); layers_with_dwconv as a tuple."""
+    sizes = ("num_classes", "img_size", "in_chans", "patch_size", "embed_dim", "depth", "stem_channels")
+    check_positive_ints("PlainMamba", **{name: args[name] for name in sizes})
+    check_ints_at_least("PlainMamba", 0, num_convs_patch_embed=args["num_convs_patch_embed"])
+    patch_size, img_size, depth = args["patch_size"], args["img_size"], args["depth"]
+    if patch_size % 2:
+        raise ValueError(
+            f"PlainMamba: patch_size must be even (stem stride 2 x projection stride patch_size / 2), got {patch_size}"
         )
-        self.projection = conv(stem_channels, embed_dim, patch_size // 2, stride=patch_size // 2, bias=True)
-
-    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-        x = _conv_bn_act(self.stem, images, train=train)
-        if self.convs is not None:
-            x = _conv_bn_act(self.convs, x, train=train)
-        return self.projection(x)
-
-
-class PlainMambaLayer(nnx.Module):
-    """x + drop_path(mixer(norm(x))), then GELU(BN(dwconv3x3(.))) when with_dwconv."""
-
-    def __init__(
-        self,
-        dim: int,
-        *,
-        with_dwconv: bool,
-        drop_path: float,
-        use_rms_norm: bool,
-        mamba_kwargs: dict,
-        dtype,
-        rngs: nnx.Rngs,
-    ):
-        if use_rms_norm:  # mamba_ssm's RMSNorm: eps 1e-5, weight only
-            self.norm = nnx.RMSNorm(dim, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-        else:
-            self.norm = _layer_norm(dim, 1e-5, dtype=dtype, rngs=rngs)
-        self.mamba = PlainMamba2D(dim, dtype=dtype, rngs=rngs, **mamba_kwargs)
-        self.drop_path = DropPath(drop_path, rngs=rngs)
-        self.dw = (
-            nnx.List(
-                [
-                    DepthwiseConv2d(dim, 3, use_bias=False, dtype=dtype, rngs=rngs),
-                    _batch_norm(dim, dtype=dtype, rngs=rngs),
-                    _gelu,
-                ]
-            )
-            if with_dwconv
-            else None
+    if img_size % patch_size:
+        raise ValueError(f"PlainMamba: img_size must be a multiple of patch_size={patch_size}, got {img_size}")
+    layers_with_dwconv = tuple(args["layers_with_dwconv"])
+    if not all(is_int(i) and 0 <= i < depth for i in layers_with_dwconv):
+        raise ValueError(
+            f"PlainMamba: layers_with_dwconv must hold layer indices in [0, {depth}), got {layers_with_dwconv}"
         )
-
-    def __call__(self, x: jax.Array, *, train: bool = False, reduce=None, mix=None) -> jax.Array:
-        """`reduce(x, y)` shrinks the layer input and the mixer output with one plan before they
-        are added, so the depthwise conv runs on the reduced grid and later layers rebuild their
-        scan orders for it (STORM's placement); `mix(mixer, h)` replaces `mixer(h)` (QuarterMap)."""
-        h = self.norm(x)
-        y = self.mamba(h) if mix is None else mix(self.mamba, h)
-        if reduce is not None:
-            x, y = reduce(x, y)
-        x = x + self.drop_path(y, deterministic=not train)
-        if self.dw is not None:
-            x = _conv_bn_act(self.dw, x, train=train)
-        return x
-
-
-class LinearClsHead(nnx.Module):
-    """mmcls's LinearClsHead: one Linear named `fc`."""
-
-    def __init__(self, dim: int, num_classes: int, *, dtype, rngs: nnx.Rngs):
-        self.fc = nnx.Linear(
-            dim,
-            num_classes,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            kernel_init=torch_default(dim),
-            bias_init=torch_default(dim),
-            rngs=rngs,
-        )
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc(x)
+    check_rate("PlainMamba", "drop_rate", args["drop_rate"])
+    check_rate("PlainMamba", "drop_path_rate", args["drop_path_rate"])
+    check_bools("PlainMamba", out_norms=args["out_norms"])
+    return layers_with_dwconv
 
 
 class PlainMamba(nnx.Module):
@@ -212,8 +84,9 @@ class PlainMamba(nnx.Module):
       embed_dim, depth: width D and number of layers.
       num_convs_patch_embed: 3x3 conv + BN + ReLU blocks after the stem conv.
       layers_with_dwconv: layer indices followed by a depthwise conv3x3 + BN + GELU.
-      d_state, expand, dt_rank, conv_size, conv_bias, bias, dt_*, init_layer_scale: the mixer's
-        (PlainMamba2D) arguments.
+      d_state, expand, dt_rank, conv_size, conv_bias, bias, dt_*: the `SSMConfig` that every
+        PlainMamba2D shares (`self.ssm`; conv_size is its d_conv), named as the official mamba_cfg.
+      init_layer_scale: PlainMamba2D's (a learned output scale when not None).
       use_rms_norm: RMSNorm instead of LayerNorm before the mixer.
       final_norm: apply `ln1` (LayerNorm, eps final_norm_eps) before pooling.
       with_pos_embed: learned absolute position embedding.
@@ -221,7 +94,7 @@ class PlainMamba(nnx.Module):
       drop_rate: dropout after the position embedding; drop_path_rate: stochastic depth, linear
         from 0 at the first layer to drop_path_rate at the last.
       dtype: compute dtype (parameters are float32; scans run in float32; logits are float32).
-      scan_impl, chunk_size: passed to `sarf_jax.ops.selective_scan`.
+      scan_impl, chunk_size, scan_interpret: `SSMConfig`'s scan_impl, chunk_size, interpret.
       feature_layers: the layers whose outputs `features` returns (default: 4 evenly spaced,
         ending at the last layer; the official segmentation configs use 5, 11, 17, 23 of 24).
       out_norms: give `features` a trainable LayerNorm (eps final_norm_eps) per feature layer
@@ -263,43 +136,29 @@ class PlainMamba(nnx.Module):
         dtype=None,
         scan_impl: str = "auto",
         chunk_size: int | None = None,
+        scan_interpret: bool | None = None,
         feature_layers: Sequence[int] | None = None,
         out_norms: bool = False,
         rngs: nnx.Rngs,
     ):
-        check_positive_ints(
-            "PlainMamba",
-            num_classes=num_classes,
-            img_size=img_size,
-            in_chans=in_chans,
-            patch_size=patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            stem_channels=stem_channels,
-        )
-        if (
-            isinstance(num_convs_patch_embed, bool)
-            or not isinstance(num_convs_patch_embed, int)
-            or num_convs_patch_embed < 0
-        ):
-            raise ValueError(f"PlainMamba: num_convs_patch_embed must be an int >= 0, got {num_convs_patch_embed!r}")
-        if patch_size % 2:
-            raise ValueError(
-                f"PlainMamba: patch_size must be even (stem stride 2 x projection "
-                f"stride patch_size / 2), got {patch_size}"
-            )
-        if img_size % patch_size:
-            raise ValueError(f"PlainMamba: img_size must be a multiple of patch_size={patch_size}, got {img_size}")
-        layers_with_dwconv = tuple(layers_with_dwconv)
-        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < depth for i in layers_with_dwconv):
-            raise ValueError(
-                f"PlainMamba: layers_with_dwconv must hold layer indices in [0, {depth}), got {layers_with_dwconv}"
-            )
-        check_rate("PlainMamba", "drop_rate", drop_rate)
-        check_rate("PlainMamba", "drop_path_rate", drop_path_rate)
+        layers_with_dwconv = _check_arguments(locals())
         self.feature_layers = check_feature_layers("PlainMamba", feature_layers, depth)
-        if not isinstance(out_norms, bool):
-            raise ValueError(f"PlainMamba: out_norms must be True or False, got {out_norms!r}")
+        self.ssm = SSMConfig(
+            d_state=d_state,
+            expand=expand,
+            dt_rank=dt_rank,
+            dt_min=dt_min,
+            dt_max=dt_max,
+            dt_init=dt_init,
+            dt_scale=dt_scale,
+            dt_init_floor=dt_init_floor,
+            d_conv=conv_size,
+            conv_bias=conv_bias,
+            bias=bias,
+            scan_impl=scan_impl,
+            chunk_size=chunk_size,
+            interpret=scan_interpret,
+        )
 
         self.num_classes, self.in_chans, self.patch_size = num_classes, in_chans, patch_size
         self.grid = (img_size // patch_size, img_size // patch_size)  # of the position embedding
@@ -318,22 +177,6 @@ class PlainMamba(nnx.Module):
             else None
         )
         self.drop_after_pos = nnx.Dropout(drop_rate, rngs=rngs if drop_rate > 0 else None)
-        mamba_kwargs = dict(
-            d_state=d_state,
-            expand=expand,
-            dt_rank=dt_rank,
-            dt_min=dt_min,
-            dt_max=dt_max,
-            dt_init=dt_init,
-            dt_scale=dt_scale,
-            dt_init_floor=dt_init_floor,
-            conv_size=conv_size,
-            conv_bias=conv_bias,
-            bias=bias,
-            init_layer_scale=init_layer_scale,
-            scan_impl=scan_impl,
-            chunk_size=chunk_size,
-        )
         rates = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.layers = nnx.List(
             [
@@ -342,18 +185,19 @@ class PlainMamba(nnx.Module):
                     with_dwconv=i in layers_with_dwconv,
                     drop_path=rates[i],
                     use_rms_norm=use_rms_norm,
-                    mamba_kwargs=mamba_kwargs,
+                    ssm=self.ssm,
+                    init_layer_scale=init_layer_scale,
                     dtype=dtype,
                     rngs=rngs,
                 )
                 for i in range(depth)
             ]
         )
-        self.ln1 = _layer_norm(embed_dim, final_norm_eps, dtype=dtype, rngs=rngs) if final_norm else None
+        self.ln1 = layer_norm(embed_dim, final_norm_eps, dtype=dtype, rngs=rngs) if final_norm else None
         self.head = LinearClsHead(embed_dim, num_classes, dtype=dtype, rngs=rngs)
         self.out_norms = nnx.List(
             [
-                _layer_norm(embed_dim, final_norm_eps, dtype=dtype, rngs=rngs, affine=out_norms)
+                layer_norm(embed_dim, final_norm_eps, dtype=dtype, rngs=rngs, affine=out_norms)
                 for _ in self._intermediate_feature_layers()
             ]
         )
@@ -411,12 +255,12 @@ class PlainMamba(nnx.Module):
         sites = self.reduction_sites(reduction, self.patch_grid(images))  # checked before tracing
         x = self.embed(images, train=train)
         reducer = reduction.reducer("plainmamba") if sites else None
-        mix = placement.quartermap_mixer if sites and reducer.method == "quartermap" else None
+        run_mixer = placement.quartermap_mixer if sites and reducer.method == "quartermap" else None
         for index, layer in enumerate(self.layers):
-            reduce = None
-            if sites and mix is None and sites[index].out_hw != sites[index].in_hw:
-                reduce = functools.partial(placement.reduce_pair, reducer, sites[index], index=index, plans=plans)
-            x = layer(x, train=train, reduce=reduce, mix=mix)
+            reduce_pair = None
+            if sites and run_mixer is None and sites[index].out_hw != sites[index].in_hw:
+                reduce_pair = functools.partial(placement.reduce_pair, reducer, sites[index], index=index, plans=plans)
+            x = layer(x, train=train, reduce_pair=reduce_pair, run_mixer=run_mixer)
             if taps is not None and index in self.feature_layers:
                 taps[index] = x
         return x

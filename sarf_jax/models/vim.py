@@ -33,6 +33,7 @@ from sarf_jax.models.common import (
 )
 from sarf_jax.models.registry import register
 from sarf_jax.nn import DropPath, Mamba
+from sarf_jax.nn.ssm_config import SSMConfig
 from sarf_jax.reduction import placement
 from sarf_jax.reduction.restore import restore_taps
 
@@ -59,22 +60,25 @@ class PatchEmbed(nnx.Module):
 class VimBlock(nnx.Module):
     """residual += drop_path(hidden); hidden = mixer(RMSNorm(residual)) (Vim `Block`, prenorm)."""
 
-    def __init__(self, dim: int, *, d_state: int, drop_path: float, dtype, scan_impl: str, rngs: nnx.Rngs):
-        self.mixer = Mamba(dim, d_state=d_state, bidirectional="v2", dtype=dtype, scan_impl=scan_impl, rngs=rngs)
+    def __init__(self, dim: int, *, ssm: SSMConfig, drop_path: float, dtype, rngs: nnx.Rngs):
+        self.mixer = Mamba(dim, ssm=ssm, bidirectional="v2", dtype=dtype, rngs=rngs)
         self.norm = nnx.RMSNorm(dim, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
         self.drop_path = DropPath(drop_path, rngs=rngs)
 
-    def __call__(self, hidden, residual, *, train: bool, mix=None):
-        """`mix(mixer, h)` replaces `mixer(h)` (QuarterMap runs the mixer on a halved grid)."""
+    def __call__(self, hidden, residual, *, train: bool, run_mixer=None):
+        """`run_mixer(mixer, h)` replaces `mixer(h)` (QuarterMap runs the mixer on a halved grid)."""
         residual = hidden if residual is None else residual + self.drop_path(hidden, deterministic=not train)
         residual = residual.astype(jnp.float32)
         normed = self.norm(residual).astype(hidden.dtype)
-        return (self.mixer(normed) if mix is None else mix(self.mixer, normed)), residual
+        return (self.mixer(normed) if run_mixer is None else run_mixer(self.mixer, normed)), residual
 
 
 class VisionMamba(nnx.Module):
     """Vim classifier on NHWC images of exactly `img_size` x `img_size` (as the official model).
 
+    d_state, scan_impl, chunk_size, scan_interpret: the `SSMConfig` every block's mixer shares
+    (`self.ssm`; the rest is mamba_ssm's defaults, as in the released models; scan_interpret is its
+    `interpret`).
     feature_layers: the blocks whose outputs `features` returns (default: 4 evenly spaced, ending
     at the last block; the official segmentation configs use 5, 11, 17, 23 of 24).
     """
@@ -93,6 +97,8 @@ class VisionMamba(nnx.Module):
         drop_path_rate: float = 0.0,
         dtype=None,
         scan_impl: str = "auto",
+        chunk_size: int | None = None,
+        scan_interpret: bool | None = None,
         feature_layers: Sequence[int] | None = None,
         rngs: nnx.Rngs,
     ):
@@ -106,7 +112,6 @@ class VisionMamba(nnx.Module):
             stride=stride,
             embed_dim=embed_dim,
             depth=depth,
-            d_state=d_state,
         )
         if img_size < patch_size or (img_size - patch_size) % stride:
             raise ValueError(
@@ -118,6 +123,7 @@ class VisionMamba(nnx.Module):
         self.grid = ((img_size - patch_size) // stride + 1,) * 2
         self.num_patches = self.grid[0] * self.grid[1]
         self.img_size, self.in_chans, self.dtype = img_size, in_chans, dtype
+        self.ssm = SSMConfig(d_state=d_state, scan_impl=scan_impl, chunk_size=chunk_size, interpret=scan_interpret)
 
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size, stride, dtype=dtype, rngs=rngs)
         trunc = jax.nn.initializers.truncated_normal(0.02)
@@ -125,10 +131,7 @@ class VisionMamba(nnx.Module):
         self.pos_embed = nnx.Param(trunc(rngs.params(), (1, self.num_patches + 1, embed_dim)))
         rates = [0.0, *np.linspace(0.0, drop_path_rate, depth).tolist()]  # official inter_dpr
         self.layers = nnx.List(
-            [
-                VimBlock(embed_dim, d_state=d_state, drop_path=rates[i], dtype=dtype, scan_impl=scan_impl, rngs=rngs)
-                for i in range(depth)
-            ]
+            [VimBlock(embed_dim, ssm=self.ssm, drop_path=rates[i], dtype=dtype, rngs=rngs) for i in range(depth)]
         )
         for layer in self.layers:  # mamba_ssm _init_weights: prenorm residual rescale
             out_proj = layer.mixer.out_proj.kernel
@@ -179,10 +182,10 @@ class VisionMamba(nnx.Module):
         hidden, residual = self.tokens(images), None
         hw, position = self.grid, self.cls_position
         for index, layer in enumerate(self.layers):
-            mix = None
+            run_mixer = None
             if sites and reducer.method == "quartermap":
-                mix = functools.partial(_quartermap_sequence, position=position, hw=hw)
-            hidden, residual = layer(hidden, residual, train=train, mix=mix)
+                run_mixer = functools.partial(_quartermap_sequence, position=position, hw=hw)
+            hidden, residual = layer(hidden, residual, train=train, run_mixer=run_mixer)
             if sites and sites[index].out_hw != hw:
                 x, cls_residual = placement.split_class_token(residual, position, hw)
                 y, cls_hidden = placement.split_class_token(hidden, position, hw)

@@ -74,14 +74,14 @@ class Block(nnx.Module):
         )
         self.drop_path = DropPath(drop_path, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool, reduce=None, mix=None) -> jax.Array:
-        """`reduce(x, y)` shrinks the block input and the attention output with one plan before
+    def __call__(self, x: jax.Array, *, train: bool, reduce_pair=None, run_mixer=None) -> jax.Array:
+        """`reduce_pair(x, y)` shrinks the block input and the attention output with one plan before
         they are added (reduction between attention and MLP, as EViT and ToMe place it);
-        `mix(attn, h)` replaces `attn(h)` (QuarterMap)."""
+        `run_mixer(attn, h)` replaces `attn(h)` (QuarterMap)."""
         h = self.norm1(x)
-        y = self.attn(h) if mix is None else mix(self.attn, h)
-        if reduce is not None:
-            x, y = reduce(x, y)
+        y = self.attn(h) if run_mixer is None else run_mixer(self.attn, h)
+        if reduce_pair is not None:
+            x, y = reduce_pair(x, y)
         x = x + self.drop_path(y, deterministic=not train)
         return x + self.drop_path(self.mlp(self.norm2(x)), deterministic=not train)
 
@@ -181,12 +181,14 @@ class VisionTransformer(nnx.Module):
         cls = jnp.broadcast_to(self.cls_token[...].astype(dtype), (x.shape[0], 1, x.shape[-1]))
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(dtype)
         for index, block in enumerate(self.blocks):
-            reduce = mix = None
+            reduce_pair = run_mixer = None
             if sites and reducer.method == "quartermap":
-                mix = functools.partial(_quartermap_sequence, hw=sites[index].in_hw)
+                run_mixer = functools.partial(_quartermap_sequence, hw=sites[index].in_hw)
             elif sites and sites[index].out_hw != sites[index].in_hw:
-                reduce = functools.partial(_reduce_with_class_token, reducer, sites[index], index=index, plans=plans)
-            x = block(x, train=train, reduce=reduce, mix=mix)
+                reduce_pair = functools.partial(
+                    _reduce_with_class_token, reducer, sites[index], index=index, plans=plans
+                )
+            x = block(x, train=train, reduce_pair=reduce_pair, run_mixer=run_mixer)
             if taps is not None and index in self.feature_layers:
                 taps[index] = (x, sites[index].out_hw if sites else self.grid)
         return x

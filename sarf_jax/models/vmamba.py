@@ -29,196 +29,58 @@ import functools
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from sarf_jax.models.common import check_images, check_positive_ints, check_rate
 from sarf_jax.models.registry import register
-from sarf_jax.nn.common import DropPath, Mlp
-from sarf_jax.nn.initializers import torch_default, trunc_normal
-from sarf_jax.nn.ss2d import SS2D
+from sarf_jax.models.vmamba_blocks import (
+    DOWNSAMPLE_VERSIONS,
+    PATCHEMBED_VERSIONS,
+    Classifier,
+    Downsample,
+    PatchEmbed,
+    Stage,
+    VSSBlock,
+)
+from sarf_jax.nn.checks import check_bools, is_int, is_real
+from sarf_jax.nn.ssm_config import SSMConfig
 from sarf_jax.reduction import placement
 from sarf_jax.reduction.restore import PositionMap
-
-PATCHEMBED_VERSIONS = ("v1", "v2")
-DOWNSAMPLE_VERSIONS = ("v1", "v2", "v3")
-LINEAR_INIT = trunc_normal(0.02)  # VSSM._init_weights: every Linear (biases zero)
-
-
-def layer_norm(features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """LayerNorm as torch's: epsilon 1e-5, exact two-pass variance."""
-    return nnx.LayerNorm(features, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
-
-
-def conv(
-    in_features: int, out_features: int, kernel: int, stride: int, padding: int, *, dtype, rngs: nnx.Rngs
-) -> nnx.Conv:
-    """PyTorch Conv2d (with bias, torch default init) with explicit symmetric zero padding
-    (Flax's 'SAME' pads stride-2 convolutions asymmetrically)."""
-    fan_in = in_features * kernel * kernel
-    return nnx.Conv(
-        in_features,
-        out_features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        dtype=dtype,
-        kernel_init=torch_default(fan_in),
-        bias_init=torch_default(fan_in),
-        rngs=rngs,
-    )
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-class PatchEmbed(nnx.Module):
-    """The stem: "v2" conv1 -> norm1 -> GELU -> conv2 -> norm2 (overall stride patch_size),
-    "v1" conv1 (k = stride = patch_size) -> norm1. Norms are absent with patch_norm=False."""
-
-    def __init__(
-        self, in_chans: int, embed_dim: int, patch_size: int, version: str, patch_norm: bool, *, dtype, rngs: nnx.Rngs
-    ):
-        self.version = version
-        if version == "v1":
-            self.geometry = [(patch_size, patch_size, 0)]
-            self.conv1 = conv(in_chans, embed_dim, patch_size, patch_size, 0, dtype=dtype, rngs=rngs)
-            self.norm1 = layer_norm(embed_dim, rngs) if patch_norm else None
-        else:
-            stride = patch_size // 2
-            self.geometry = [(stride + 1, stride, 1)] * 2
-            self.conv1 = conv(in_chans, embed_dim // 2, stride + 1, stride, 1, dtype=dtype, rngs=rngs)
-            self.norm1 = layer_norm(embed_dim // 2, rngs) if patch_norm else None
-            self.conv2 = conv(embed_dim // 2, embed_dim, stride + 1, stride, 1, dtype=dtype, rngs=rngs)
-            self.norm2 = layer_norm(embed_dim, rngs) if patch_norm else None
-
-    def output_size(self, size: int) -> int:
-        for kernel, stride, padding in self.geometry:
-            size = conv_output_size(size, kernel, stride, padding)
-        return size
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.conv1(x)
-        if self.norm1 is not None:
-            x = self.norm1(x)
-        if self.version == "v2":
-            x = self.conv2(jax.nn.gelu(x, approximate=False))
-            if self.norm2 is not None:
-                x = self.norm2(x)
-        return x
-
-
-class Downsample(nnx.Module):
-    """Halve the grid (odd sizes round up) and go from dim to out_dim channels."""
-
-    def __init__(self, dim: int, out_dim: int, version: str, *, dtype, rngs: nnx.Rngs):
-        self.version = version
-        if version == "v1":  # PatchMerging2D
-            self.norm = layer_norm(4 * dim, rngs)
-            self.reduction = nnx.Linear(
-                4 * dim, out_dim, use_bias=False, dtype=dtype, kernel_init=LINEAR_INIT, rngs=rngs
-            )
-        else:
-            kernel, padding = (3, 1) if version == "v3" else (2, 0)
-            self.conv = conv(dim, out_dim, kernel, 2, padding, dtype=dtype, rngs=rngs)
-            self.norm = layer_norm(out_dim, rngs)
-
-    def output_size(self, size: int) -> int:
-        if self.version == "v1":
-            return -(-size // 2)
-        return conv_output_size(size, 3, 2, 1) if self.version == "v3" else size // 2
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if self.version != "v1":
-            return self.norm(self.conv(x))
-        height, width = x.shape[1:3]
-        x = jnp.pad(x, [(0, 0), (0, height % 2), (0, width % 2), (0, 0)])
-        # channel order of PatchMerging2D: (even row, even col), (odd, even), (even, odd), (odd, odd)
-        x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
-        return self.reduction(self.norm(x))
-
-
-class VSSBlock(nnx.Module):
-    """Pre-norm residual block: SS2D branch on the full grid, then the MLP branch."""
-
-    def __init__(self, dim: int, *, drop_path: float, mlp_ratio: float, ssm_kwargs: dict, dtype, rngs: nnx.Rngs):
-        self.norm = layer_norm(dim, rngs)
-        self.op = SS2D(dim, proj_init=LINEAR_INIT, dtype=dtype, rngs=rngs, **ssm_kwargs)
-        self.drop_path = DropPath(drop_path, rngs=rngs)
-        if mlp_ratio > 0:
-            self.norm2 = layer_norm(dim, rngs)
-            self.mlp = Mlp(
-                dim,
-                int(dim * mlp_ratio),
-                kernel_init=LINEAR_INIT,
-                bias_init=nnx.initializers.zeros,
-                dtype=dtype,
-                rngs=rngs,
-            )
-        else:
-            self.norm2 = self.mlp = None
-
-    def mixer_branch(self, x: jax.Array) -> jax.Array:
-        """SS2D(norm(x)) on x's grid: the branch a token reducer plans around."""
-        return self.op(self.norm(x))
-
-    def mlp_branch(self, x: jax.Array, *, train: bool) -> jax.Array:
-        if self.mlp is None:
-            return x
-        return x + self.drop_path(self.mlp(self.norm2(x)), deterministic=not train)
-
-    def __call__(self, x: jax.Array, *, train: bool = False, reduce=None, mix=None) -> jax.Array:
-        """`reduce(x, y)` shrinks the block input and the SS2D branch with one plan before they are
-        added, so the MLP runs on the reduced grid (STORM's placement); `mix(branch, x)` replaces
-        `branch(x)` (QuarterMap)."""
-        y = self.mixer_branch(x) if mix is None else mix(self.mixer_branch, x)
-        if reduce is not None:
-            x, y = reduce(x, y)
-        x = x + self.drop_path(y, deterministic=not train)
-        return self.mlp_branch(x, train=train)
-
-
-class Stage(nnx.Module):
-    """blocks, then the downsample to the next stage (absent in the last stage)."""
-
-    def __init__(self, blocks: list[VSSBlock], downsample: Downsample | None):
-        self.blocks = nnx.List(blocks)
-        self.downsample = downsample
-
-    def run_blocks(self, x: jax.Array, *, train: bool = False, reduce=None, mix=None) -> jax.Array:
-        """The blocks alone (the stage's output for dense heads); `reduce` / `mix`: one per block
-        (or None), see VSSBlock."""
-        for i, block in enumerate(self.blocks):
-            x = block(x, train=train, reduce=reduce and reduce[i], mix=mix)
-        return x
-
-    def __call__(self, x: jax.Array, *, train: bool = False, reduce=None, mix=None) -> jax.Array:
-        x = self.run_blocks(x, train=train, reduce=reduce, mix=mix)
-        return x if self.downsample is None else self.downsample(x)
-
-
-class Classifier(nnx.Module):
-    """norm -> global average pool -> head."""
-
-    def __init__(self, dim: int, num_classes: int, *, dtype, rngs: nnx.Rngs):
-        self.norm = layer_norm(dim, rngs)
-        self.head = nnx.Linear(
-            dim, num_classes, dtype=dtype, kernel_init=LINEAR_INIT, bias_init=nnx.initializers.zeros, rngs=rngs
-        )
-
-    def pool(self, x: jax.Array) -> jax.Array:
-        """(batch, H, W, C) -> (batch, C): the features fed to the head."""
-        return jnp.mean(self.norm(x).astype(jnp.float32), axis=(1, 2))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.head(self.pool(x))
 
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(f"VMamba: {message}")
+
+
+def _check_arguments(args: dict) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validate VMamba's constructor arguments (its locals()); (depths, dims), dims one per stage."""
+    check_positive_ints("VMamba", **{k: args[k] for k in ("num_classes", "img_size", "in_chans", "patch_size")})
+    depths, dims, patch_size = tuple(args["depths"]), args["dims"], args["patch_size"]
+    _check(
+        len(depths) >= 1 and all(is_int(d) and d >= 1 for d in depths),
+        f"depths must be a non-empty sequence of positive ints, got {depths!r}",
+    )
+    dims = tuple(dims * 2**i for i in range(len(depths))) if is_int(dims) and dims >= 1 else tuple(dims)
+    _check(
+        len(dims) == len(depths) and all(is_int(d) and d >= 1 for d in dims),
+        f"dims must be a positive int or {len(depths)} positive ints (one per stage), got {args['dims']!r}",
+    )
+    for name, valid in (("patchembed_version", PATCHEMBED_VERSIONS), ("downsample_version", DOWNSAMPLE_VERSIONS)):
+        _check(args[name] in valid, f"{name} must be one of {valid}, got {args[name]!r}")
+    _check(
+        args["patchembed_version"] == "v1" or (patch_size % 2 == 0 and dims[0] % 2 == 0),
+        f"patchembed_version 'v2' needs an even patch_size and dims[0], got {patch_size} and {dims[0]}",
+    )
+    _check(
+        args["img_size"] % patch_size == 0,
+        f"img_size ({args['img_size']}) must be a multiple of patch_size ({patch_size})",
+    )
+    _check(is_real(args["mlp_ratio"]) and args["mlp_ratio"] >= 0, f"mlp_ratio must be >= 0, got {args['mlp_ratio']!r}")
+    check_rate("VMamba", "drop_path_rate", args["drop_path_rate"])
+    check_bools("VMamba", out_norms=args["out_norms"])
+    return depths, dims
 
 
 class VMamba(nnx.Module):
@@ -229,13 +91,14 @@ class VMamba(nnx.Module):
       num_classes, img_size, in_chans: the task (img_size must be a multiple of patch_size).
       depths: blocks per stage. dims: channels of stage 0 (doubled per stage) or one per stage.
       patch_size: overall stride of the stem.
-      ssm_d_state, ssm_ratio, ssm_dt_rank, ssm_conv, ssm_conv_bias, forward_type: SS2D's
-        d_state, ssm_ratio, dt_rank, d_conv, conv_bias, forward_type.
+      ssm_d_state, ssm_ratio, ssm_dt_rank, ssm_conv, ssm_conv_bias: the `SSMConfig` fields d_state,
+        expand, dt_rank, d_conv, conv_bias that every SS2D shares (`self.ssm`).
+      forward_type: SS2D's ("v05_noz" released, "v0" Vanilla-VMamba).
       mlp_ratio: MLP hidden width / dim; 0 drops the MLP branch (Vanilla-VMamba).
       patchembed_version, downsample_version, patch_norm: see the module docstring.
       drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
       dtype: compute dtype (None: the input's); parameters, scans and pooling are float32.
-      scan_impl, chunk_size: passed to `sarf_jax.ops.selective_scan`.
+      scan_impl, chunk_size, scan_interpret: `SSMConfig`'s scan_impl, chunk_size, interpret.
       out_norms: give `features` a trainable LayerNorm per stage (the official detection backbone's
         `outnorm{i}`, initialised (1, 0)); classification checkpoints do not hold them, so the
         default uses the same norm without parameters, i.e. as initialised.
@@ -264,73 +127,42 @@ class VMamba(nnx.Module):
         dtype=None,
         scan_impl: str = "auto",
         chunk_size: int | None = None,
+        scan_interpret: bool | None = None,
         out_norms: bool = False,
         rngs: nnx.Rngs,
     ):
-        check_positive_ints(
-            "VMamba", num_classes=num_classes, img_size=img_size, in_chans=in_chans, patch_size=patch_size
-        )
-        positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
-        depths = tuple(depths)
-        _check(
-            len(depths) >= 1 and all(positive(d) for d in depths),
-            f"depths must be a non-empty sequence of positive ints, got {depths!r}",
-        )
-        dims = tuple(dims * 2**i for i in range(len(depths))) if positive(dims) else tuple(dims)
-        _check(
-            len(dims) == len(depths) and all(positive(d) for d in dims),
-            f"dims must be a positive int or {len(depths)} positive ints (one per stage), got {dims!r}",
-        )
-        _check(
-            patchembed_version in PATCHEMBED_VERSIONS,
-            f"patchembed_version must be one of {PATCHEMBED_VERSIONS}, got {patchembed_version!r}",
-        )
-        _check(
-            downsample_version in DOWNSAMPLE_VERSIONS,
-            f"downsample_version must be one of {DOWNSAMPLE_VERSIONS}, got {downsample_version!r}",
-        )
-        _check(
-            patchembed_version == "v1" or (patch_size % 2 == 0 and dims[0] % 2 == 0),
-            f"patchembed_version 'v2' needs an even patch_size and dims[0], got {patch_size} and {dims[0]}",
-        )
-        _check(img_size % patch_size == 0, f"img_size ({img_size}) must be a multiple of patch_size ({patch_size})")
-        _check(isinstance(mlp_ratio, (int, float)) and mlp_ratio >= 0, f"mlp_ratio must be >= 0, got {mlp_ratio!r}")
-        check_rate("VMamba", "drop_path_rate", drop_path_rate)
-
+        depths, dims = _check_arguments(locals())
         self.num_classes, self.img_size, self.in_chans = num_classes, img_size, in_chans
         self.dims = dims
-        ssm_kwargs = dict(
+        self.ssm = SSMConfig(
             d_state=ssm_d_state,
-            ssm_ratio=ssm_ratio,
+            expand=ssm_ratio,
             dt_rank=ssm_dt_rank,
             d_conv=ssm_conv,
             conv_bias=ssm_conv_bias,
-            forward_type=forward_type,
             scan_impl=scan_impl,
             chunk_size=chunk_size,
+            interpret=scan_interpret,
         )
         self.patch_embed = PatchEmbed(
             in_chans, dims[0], patch_size, patchembed_version, patch_norm, dtype=dtype, rngs=rngs
         )
-        rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
-        stages = []
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
-            first = sum(depths[:i])
-            blocks = [
-                VSSBlock(
-                    dim, drop_path=rates[first + j], mlp_ratio=mlp_ratio, ssm_kwargs=ssm_kwargs, dtype=dtype, rngs=rngs
+        rates = iter(np.linspace(0.0, drop_path_rate, sum(depths)).tolist())
+        block = functools.partial(
+            VSSBlock, mlp_ratio=mlp_ratio, ssm=self.ssm, forward_type=forward_type, dtype=dtype, rngs=rngs
+        )
+        self.layers = nnx.List(
+            [
+                Stage(
+                    [block(dim, drop_path=next(rates)) for _ in range(depth)],
+                    Downsample(dim, dims[i + 1], downsample_version, dtype=dtype, rngs=rngs)
+                    if i + 1 < len(depths)
+                    else None,
                 )
-                for j in range(depth)
+                for i, (depth, dim) in enumerate(zip(depths, dims))
             ]
-            downsample = (
-                Downsample(dim, dims[i + 1], downsample_version, dtype=dtype, rngs=rngs)
-                if i + 1 < len(depths)
-                else None
-            )
-            stages.append(Stage(blocks, downsample))
-        self.layers = nnx.List(stages)
+        )
         self.classifier = Classifier(dims[-1], num_classes, dtype=dtype, rngs=rngs)
-        _check(isinstance(out_norms, bool), f"out_norms must be True or False, got {out_norms!r}")
         self.outnorms = nnx.List(
             [
                 nnx.LayerNorm(
@@ -366,18 +198,18 @@ class VMamba(nnx.Module):
         """
         sites = self.reduction_sites(reduction)
         reducer = reduction.reducer("vmamba") if sites else None
-        mix = placement.quartermap_mixer if sites and reducer.method == "quartermap" else None
+        run_mixer = placement.quartermap_mixer if sites and reducer.method == "quartermap" else None
         check_images("VMamba", images, self.img_size, self.in_chans)
         x = self.patch_embed(images)
         outputs, index = [], 0
         for stage in self.layers:
-            reduce = None
-            if sites and mix is None:
-                reduce = [
+            reduce_pair = None
+            if sites and run_mixer is None:
+                reduce_pair = [
                     functools.partial(placement.reduce_pair, reducer, sites[index + i], index=index + i, plans=plans)
                     for i in range(len(stage.blocks))
                 ]
-            x = stage.run_blocks(x, train=train, reduce=reduce, mix=mix)
+            x = stage.run_blocks(x, train=train, reduce_pair=reduce_pair, run_mixer=run_mixer)
             outputs.append(x)
             if stage.downsample is not None:
                 x = stage.downsample(x)

@@ -6,6 +6,7 @@ from sarf_jax.nn.conv import CausalDepthwiseConv1d, DepthwiseConv2d
 from sarf_jax.nn.mamba import Mamba
 from sarf_jax.nn.plainmamba2d import PlainMamba2D
 from sarf_jax.nn.ss2d import SS2D
+from sarf_jax.nn.ssm_config import SSMConfig
 
 __all__ = [
     "CausalDepthwiseConv1d",
@@ -15,5 +16,6 @@ __all__ = [
     "Mlp",
     "PlainMamba2D",
     "SS2D",
+    "SSMConfig",
     "scan_orders",
 ]

@@ -34,8 +34,6 @@ N = d_state):
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from einops import rearrange
@@ -44,71 +42,46 @@ from flax import nnx
 from sarf_jax.nn import scan_orders
 from sarf_jax.nn.checks import check_positive_ints
 from sarf_jax.nn.conv import DepthwiseConv2d
-from sarf_jax.nn.initializers import torch_default, uniform
-from sarf_jax.nn.mamba import dt_bias_init
-from sarf_jax.ops import resolve_impl, selective_scan
-
-DT_INITS = ("random", "constant")
+from sarf_jax.nn.initializers import torch_default
+from sarf_jax.nn.ssm_config import SSMConfig
+from sarf_jax.ops import selective_scan
 
 
 class PlainMamba2D(nnx.Module):
     """PlainMamba's mixer on (batch, H, W, d_model) grids of any H, W.
 
-    Args (defaults are the official constructor's; the released models use bias=True):
+    Args:
       d_model: width of the input and output.
-      d_state: SSM state size N.
-      expand: d_inner = expand * d_model.
-      dt_rank: rank of the delta projection; "auto" is ceil(d_model / 16).
-      dt_min, dt_max, dt_init ("random" | "constant"), dt_scale, dt_init_floor: dt_proj init.
-      conv_size: odd kernel size of the depthwise conv2d ('same' padding).
-      conv_bias: bias on conv2d.
-      bias: bias on in_proj and out_proj.
+      ssm: the SSM's sizes, initialisation and scan implementation (default `SSM_DEFAULTS`, the
+        official constructor's: d_state 16, expand 2, a 7x7 conv (`conv_size`) with bias, no
+        in/out_proj bias; the released models use bias=True). d_conv must be odd.
       init_layer_scale: if not None, the output is multiplied by a learned `gamma` (d_model,)
         initialised to this value.
       dtype: compute dtype of the projections and the convolution (None: the input's).
         Parameters are float32; the scan always runs in float32.
-      scan_impl, chunk_size: passed to `sarf_jax.ops.selective_scan`.
+      **ssm_fields: `SSMConfig` fields that replace those of `ssm`.
     """
+
+    SSM_DEFAULTS = SSMConfig(d_conv=7)
 
     def __init__(
         self,
         d_model: int,
         *,
-        d_state: int = 16,
-        expand: int = 2,
-        dt_rank: int | str = "auto",
-        dt_min: float = 0.001,
-        dt_max: float = 0.1,
-        dt_init: str = "random",
-        dt_scale: float = 1.0,
-        dt_init_floor: float = 1e-4,
-        conv_size: int = 7,
-        conv_bias: bool = True,
-        bias: bool = False,
+        ssm: SSMConfig | None = None,
         init_layer_scale: float | None = None,
         dtype=None,
-        scan_impl: str = "auto",
-        chunk_size: int | None = None,
         rngs: nnx.Rngs,
+        **ssm_fields,
     ):
-        check_positive_ints("PlainMamba2D", d_model=d_model, d_state=d_state, expand=expand, conv_size=conv_size)
-        if conv_size % 2 != 1:
-            raise ValueError(f"PlainMamba2D: conv_size must be odd, got {conv_size}")
-        if dt_rank == "auto":
-            dt_rank = math.ceil(d_model / 16)
-        check_positive_ints("PlainMamba2D", **{"dt_rank (or 'auto')": dt_rank})
-        if dt_init not in DT_INITS:
-            raise ValueError(f"PlainMamba2D: dt_init must be one of {DT_INITS}, got {dt_init!r}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"PlainMamba2D: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        resolve_impl(scan_impl)
-        if chunk_size is not None:
-            check_positive_ints("PlainMamba2D", chunk_size=chunk_size)
+        check_positive_ints("PlainMamba2D", d_model=d_model)
+        self.ssm = ssm = SSMConfig.merge("PlainMamba2D", self.SSM_DEFAULTS, ssm, ssm_fields)
+        ssm.check_odd_conv("PlainMamba2D")
 
-        self.d_model, self.d_state, self.dt_rank = d_model, d_state, dt_rank
-        self.d_inner = d_inner = expand * d_model
+        self.d_model, self.d_state = d_model, ssm.d_state
+        self.d_inner = d_inner = ssm.d_inner(d_model)
+        self.dt_rank = dt_rank = ssm.rank(d_model)
         self.dtype = dtype
-        self.scan_impl, self.chunk_size = scan_impl, chunk_size
 
         def linear(fan_in, fan_out, use_bias, kernel_init=None):
             return nnx.Linear(
@@ -122,19 +95,17 @@ class PlainMamba2D(nnx.Module):
                 rngs=rngs,
             )
 
-        self.in_proj = linear(d_model, 2 * d_inner, bias)
-        self.conv2d = DepthwiseConv2d(d_inner, conv_size, use_bias=conv_bias, dtype=dtype, rngs=rngs)
-        self.x_proj = linear(d_inner, dt_rank + 2 * d_state, False)
-        dt_std = dt_scale * dt_rank**-0.5
-        dt_kernel_init = uniform(dt_std) if dt_init == "random" else nnx.initializers.constant(dt_std)
-        self.dt_proj = linear(dt_rank, d_inner, True, kernel_init=dt_kernel_init)
-        self.dt_proj.bias = nnx.Param(dt_bias_init(dt_min, dt_max, dt_init_floor)(rngs.params(), (d_inner,)))
-        self.A_log = nnx.Param(
-            jnp.log(jnp.broadcast_to(jnp.arange(1, d_state + 1, dtype=jnp.float32), (d_inner, d_state)))
-        )
+        self.in_proj = linear(d_model, 2 * d_inner, ssm.bias)
+        self.conv2d = DepthwiseConv2d(d_inner, ssm.d_conv, use_bias=ssm.conv_bias, dtype=dtype, rngs=rngs)
+        self.x_proj = linear(d_inner, dt_rank + 2 * ssm.d_state, False)
+        self.dt_proj = linear(dt_rank, d_inner, True, kernel_init=ssm.dt_kernel_init(dt_rank))
+        self.dt_proj.bias = nnx.Param(ssm.dt_bias(rngs.params(), (d_inner,)))
+        self.A_log = nnx.Param(ssm.A_log(d_inner))
         self.D = nnx.Param(jnp.ones((d_inner,), jnp.float32))
-        self.out_proj = linear(d_inner, d_model, bias)
-        self.direction_Bs = nnx.Param(0.02 * jax.random.truncated_normal(rngs.params(), -100.0, 100.0, (5, d_state)))
+        self.out_proj = linear(d_inner, d_model, ssm.bias)
+        self.direction_Bs = nnx.Param(
+            0.02 * jax.random.truncated_normal(rngs.params(), -100.0, 100.0, (5, ssm.d_state))
+        )
         self.gamma = (
             nnx.Param(jnp.full((d_model,), init_layer_scale, jnp.float32)) if init_layer_scale is not None else None
         )
@@ -169,8 +140,7 @@ class PlainMamba2D(nnx.Module):
             tile(self.D[...]),
             delta_bias=tile(self.dt_proj.bias[...]),  # ... and again here
             delta_softplus=True,
-            impl=self.scan_impl,
-            chunk_size=self.chunk_size,
+            **self.ssm.scan_options(),
         )
         y = rearrange(y, "b l (k e) -> b l k e", k=k)
         # Back to raster order: y_raster[:, p, k] = y[:, inverses[k, p], k]; sum the scans.

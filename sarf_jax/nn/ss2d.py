@@ -34,14 +34,12 @@ Parameters keep the official names; K-stacked tensors hold direction k at slice 
     out_norm.weight/bias (E,)            out_norm.scale/bias               -
     out_proj.weight  (C, E)              out_proj.kernel  (E, C)           transpose
 
-C = d_model, E = d_inner = ssm_ratio·C, R = dt_rank, N = d_state. The official in_proj /
+C = d_model, E = d_inner = int(expand·C) (VSSM's ssm_ratio), R = dt_rank, N = d_state. The official in_proj /
 out_proj are Linear2d (1x1 convolutions on NCHW) when norm_layer is "ln2d" and nn.Linear
 otherwise; both store (out, in) and both are a Dense layer on channels-last grids.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -50,9 +48,9 @@ from flax import nnx
 
 from sarf_jax.nn.checks import check_positive_ints
 from sarf_jax.nn.conv import DepthwiseConv2d
-from sarf_jax.nn.initializers import torch_default, uniform
-from sarf_jax.nn.mamba import dt_bias_init
-from sarf_jax.ops import resolve_impl, selective_scan
+from sarf_jax.nn.initializers import torch_default
+from sarf_jax.nn.ssm_config import SSMConfig
+from sarf_jax.ops import selective_scan
 
 FORWARD_TYPES = ("v05_noz", "v0")
 DIRECTIONS = 4  # K
@@ -79,58 +77,47 @@ class SS2D(nnx.Module):
 
     Args:
       d_model: channels C of the input and output.
-      d_state: SSM state size N.
-      ssm_ratio: d_inner = int(ssm_ratio · d_model).
-      dt_rank: rank of the delta projection; "auto" is ceil(d_model / 16).
-      d_conv: kernel size of the depthwise conv (odd).
-      conv_bias: bias on the depthwise conv.
+      ssm: the SSM's sizes, initialisation and scan implementation (default `SSM_DEFAULTS`, the
+        official SS2D's: d_state 1, expand (VMamba's ssm_ratio) 1, a 3x3 conv without bias, no
+        in/out_proj bias). d_conv must be odd; bias must be False (the official module has none).
       forward_type: "v05_noz" or "v0" (see the module docstring).
       proj_init: initialiser of the in_proj / out_proj kernels (default PyTorch's Linear init;
         VSSM re-initialises them with trunc_normal(0.02)).
       dtype: compute dtype of projections and conv (None: the input's). Parameters are float32;
         the scan, the cross-merge and out_norm run in float32.
-      scan_impl, chunk_size: passed to `sarf_jax.ops.selective_scan`.
+      **ssm_fields: `SSMConfig` fields that replace those of `ssm`.
 
-    Initialised like the official module on its own (mamba_init "v0": dt bias inverse-softplus
-    of log-uniform [1e-3, 0.1], A_logs = log(1..N), Ds = 1; PyTorch defaults elsewhere).
+    Initialised like the official module on its own (mamba_init "v0", see `SSMConfig`; PyTorch
+    defaults elsewhere).
     """
+
+    SSM_DEFAULTS = SSMConfig(d_state=1, expand=1.0, d_conv=3, conv_bias=False)
 
     def __init__(
         self,
         d_model: int,
         *,
-        d_state: int = 1,
-        ssm_ratio: float = 1.0,
-        dt_rank: int | str = "auto",
-        d_conv: int = 3,
-        conv_bias: bool = False,
+        ssm: SSMConfig | None = None,
         forward_type: str = "v05_noz",
         proj_init=None,
         dtype=None,
-        scan_impl: str = "auto",
-        chunk_size: int | None = None,
         rngs: nnx.Rngs,
+        **ssm_fields,
     ):
-        check_positive_ints("SS2D", d_model=d_model, d_state=d_state)
+        check_positive_ints("SS2D", d_model=d_model)
+        self.ssm = ssm = SSMConfig.merge("SS2D", self.SSM_DEFAULTS, ssm, ssm_fields)
         if forward_type not in FORWARD_TYPES:
             raise ValueError(f"SS2D: forward_type must be one of {FORWARD_TYPES}, got {forward_type!r}")
-        if isinstance(ssm_ratio, bool) or not isinstance(ssm_ratio, (int, float)) or int(ssm_ratio * d_model) < 1:
-            raise ValueError(f"SS2D: ssm_ratio must make int(ssm_ratio * d_model) >= 1, got {ssm_ratio!r}")
-        if dt_rank == "auto":
-            dt_rank = math.ceil(d_model / 16)
-        check_positive_ints("SS2D", **{"dt_rank (or 'auto')": dt_rank})
-        if isinstance(d_conv, bool) or not isinstance(d_conv, int) or d_conv < 3 or d_conv % 2 == 0:
-            raise ValueError(f"SS2D: d_conv must be an odd int >= 3, got {d_conv!r}")
-        resolve_impl(scan_impl)
-        if chunk_size is not None:
-            check_positive_ints("SS2D", chunk_size=chunk_size)
+        ssm.check_odd_conv("SS2D", minimum=3)
+        if ssm.bias:
+            raise ValueError("SS2D: ssm.bias must be False (the official in_proj / out_proj have no bias)")
 
-        self.d_model, self.d_state, self.dt_rank = d_model, d_state, dt_rank
-        self.d_inner = d_inner = int(ssm_ratio * d_model)
+        self.d_model, self.d_state = d_model, ssm.d_state
+        self.d_inner = d_inner = ssm.d_inner(d_model)
+        self.dt_rank = dt_rank = ssm.rank(d_model)
         self.forward_type = forward_type
         self.gated = forward_type == "v0"
         self.dtype = dtype
-        self.scan_impl, self.chunk_size = scan_impl, chunk_size
 
         def linear(fan_in, fan_out):
             return nnx.Linear(
@@ -145,13 +132,11 @@ class SS2D(nnx.Module):
 
         K = DIRECTIONS
         self.in_proj = linear(d_model, 2 * d_inner if self.gated else d_inner)
-        self.conv2d = DepthwiseConv2d(d_inner, d_conv, use_bias=conv_bias, dtype=dtype, rngs=rngs)
-        self.x_proj_weight = nnx.Param(torch_default(d_inner)(rngs.params(), (K, dt_rank + 2 * d_state, d_inner)))
-        self.dt_projs_weight = nnx.Param(uniform(dt_rank**-0.5)(rngs.params(), (K, d_inner, dt_rank)))
-        self.dt_projs_bias = nnx.Param(dt_bias_init(0.001, 0.1, 1e-4)(rngs.params(), (K, d_inner)))
-        self.A_logs = nnx.Param(
-            jnp.log(jnp.broadcast_to(jnp.arange(1, d_state + 1, dtype=jnp.float32), (K * d_inner, d_state)))
-        )
+        self.conv2d = DepthwiseConv2d(d_inner, ssm.d_conv, use_bias=ssm.conv_bias, dtype=dtype, rngs=rngs)
+        self.x_proj_weight = nnx.Param(torch_default(d_inner)(rngs.params(), (K, dt_rank + 2 * ssm.d_state, d_inner)))
+        self.dt_projs_weight = nnx.Param(ssm.dt_kernel_init(dt_rank)(rngs.params(), (K, d_inner, dt_rank)))
+        self.dt_projs_bias = nnx.Param(ssm.dt_bias(rngs.params(), (K, d_inner)))
+        self.A_logs = nnx.Param(ssm.A_log(K * d_inner))
         self.Ds = nnx.Param(jnp.ones((K * d_inner,), jnp.float32))
         self.out_norm = nnx.LayerNorm(
             d_inner, epsilon=1e-5, use_fast_variance=False, param_dtype=jnp.float32, rngs=rngs
@@ -187,7 +172,6 @@ class SS2D(nnx.Module):
             self.Ds[...],
             delta_bias=self.dt_projs_bias[...].reshape(-1),
             delta_softplus=True,
-            impl=self.scan_impl,
-            chunk_size=self.chunk_size,
+            **self.ssm.scan_options(),
         )
         return cross_merge(rearrange(ys, "b l (k d) -> b l k d", k=DIRECTIONS), height, width)

@@ -187,9 +187,10 @@ def test_bfloat16_compute_stays_close_to_float32():
     "kwargs, message",
     [
         (dict(d_model=0), r"d_model must be a positive int, got 0"),
-        (dict(d_model=8, conv_size=4), r"conv_size must be odd, got 4"),
+        (dict(d_model=8, d_conv=4), r"PlainMamba2D: d_conv must be an odd int >= 1, got 4"),
+        (dict(d_model=8, conv_size=7), r"unknown SSM arguments \['conv_size'\]; valid: \['d_state', "),
         (dict(d_model=8, dt_init="zeros"), r"dt_init must be one of \('random', 'constant'\), got 'zeros'"),
-        (dict(d_model=8, dt_rank=0), r"dt_rank \(or 'auto'\) must be a positive int, got 0"),
+        (dict(d_model=8, dt_rank=0), r"dt_rank must be 'auto' or a positive int, got 0"),
         (dict(d_model=8, scan_impl="cuda"), r"impl must be one of"),
     ],
 )

@@ -109,7 +109,7 @@ def test_matches_numpy_port_of_the_official_forward(forward_type, d_state, ssm_r
         rng, d_model=d_model, d_inner=d_inner, d_state=d_state, dt_rank=dt_rank, gated=gated, conv_bias=conv_bias
     )
     layer = SS2D(
-        d_model, d_state=d_state, ssm_ratio=ssm_ratio, conv_bias=conv_bias, forward_type=forward_type, rngs=nnx.Rngs(0)
+        d_model, d_state=d_state, expand=ssm_ratio, conv_bias=conv_bias, forward_type=forward_type, rngs=nnx.Rngs(0)
     )
     load_state_dict(layer, sd)
     x = rng.standard_normal((2, *grid, d_model)).astype(np.float32)
@@ -153,7 +153,8 @@ def test_odd_grid_keeps_shape_under_jit_and_grad():
         (dict(forward_type="v2"), "forward_type"),
         (dict(d_conv=4), "d_conv"),
         (dict(d_state=0), "d_state"),
-        (dict(ssm_ratio=0.01), "ssm_ratio"),
+        (dict(expand=0.01), r"expand must make int\(expand \* d_model\) >= 1"),
+        (dict(bias=True), "bias must be False"),
         (dict(scan_impl="fast"), "impl"),
     ],
 )
