@@ -6,7 +6,7 @@ backbones (PlainMamba, Vim) have one stage. Every schedule answers
 walks a whole backbone (halving the grid between stages, rounding up, as VMamba's stride-2
 downsampling of odd grids does) to list every block's grid before and after.
 
-Three kinds, all hashable (a `reduction.Spec` holding one is a static jit argument):
+Four kinds, all hashable (a `reduction.Spec` holding one is a static jit argument):
 
 - `PruneTable`, VMamba's format (STORM classification/models/token_reduction/strategies.yml):
   `[[num_prune for each block] for each stage]`; the block's output grid is the square of side
@@ -14,6 +14,8 @@ Three kinds, all hashable (a `reduction.Spec` holding one is a static jit argume
 - `TargetTable`, PlainMamba's format (plainmamba/.../token_reduction/scheduals.yml):
   `{layer index: target token count}`, a perfect square; other layers keep their grid.
 - `KeepSchedule`, generated: `keep=0.6` spread over N sites (`keep=0.6,sites=4`), square targets.
+- `PaperLike`, generated: an official table's per-site keep fractions on any grid
+  (`paper_like=hybrid_2p1`), so that a small model gets the paper's step sizes.
 
 Named tables: VMamba `hybrid_1p1` … `hybrid_5p1` (tiny, stage 3 of 8 blocks) and `hybrid_1p1_sb` …
 `hybrid_5p1_sb` (small/base, 15 blocks); a bare `hybrid_Np1` picks whichever fits the model's
@@ -58,6 +60,7 @@ _PLAINMAMBA = {
 }
 NAMES = (*_VMAMBA_TINY, *_VMAMBA_SMALL_BASE, *_PLAINMAMBA)
 KEEP_PATTERN = re.compile(r"keep=(?P<keep>[0-9.]+)(,sites=(?P<sites>[0-9]+))?")
+PAPER_LIKE_PATTERN = re.compile(r"paper_like=(?P<table>\w+)")
 
 Depths = tuple[int, ...]
 Grid = tuple[int, int]
@@ -135,16 +138,35 @@ class TargetTable:
         return _square_side(tokens, hw, f"layer {layer}")
 
 
+def candidate_blocks(depths: Depths) -> list[tuple[int, int]]:
+    """Blocks a generated schedule may reduce at: every block but the first and, for hierarchical
+    backbones, none in the last stage (its grid is already tiny), as in the official tables."""
+    stages = range(len(depths) - 1) if len(depths) > 1 else range(1)
+    return [(s, b) for s in stages for b in range(depths[s]) if (s, b) != (0, 0)]
+
+
+def _square_keeping(fraction: float, hw: Grid, where: str) -> Grid:
+    """The square grid that keeps about `fraction` of hw's tokens: side round(sqrt(fraction·H·W)),
+    clamped to what every method can reach (at least ceil(H/2) and ceil(W/2), since SARF-ToMe
+    merges at most one token per pair; at most min(H, W))."""
+    height, width = hw
+    low, high = max(height - height // 2, width - width // 2), min(height, width)
+    if low > high:
+        raise ValueError(
+            f"{where}: no square target is reachable from the {height}×{width} grid "
+            f"(side would need {low} <= side <= {high})"
+        )
+    side = min(max(round(math.sqrt(fraction * height * width)), low), high)
+    return side, side
+
+
 @dataclasses.dataclass(frozen=True)
 class KeepSchedule:
     """Generated: `sites` blocks each keep keep**(1/sites) of their tokens, as a square grid.
 
-    Candidate blocks are every block but the first and, for hierarchical backbones, none in the
-    last stage (its grid is already tiny), as in the official tables; the sites are the first
-    candidate and then every len(candidates)/sites-th one (VMamba: block 1 of stage 0, like the
-    official `hybrid_*` tables). Each site's side is round(sqrt(q·H·W)) with q = keep**(1/sites),
-    clamped to what every method can reach: at least ceil(H/2) and ceil(W/2) (SARF-ToMe merges at
-    most one token per pair), at most min(H, W). Each site keeps about q of its incoming tokens, so
+    The sites are the first of the `candidate_blocks` and then every len(candidates)/sites-th one
+    (VMamba: block 1 of stage 0, like the official `hybrid_*` tables). Each site's grid is
+    `_square_keeping(q)` with q = keep**(1/sites): it keeps about q of its incoming tokens, so
     about `keep` of the tokens remain after the last site (less on small grids, where the rounding
     of the side compounds).
     """
@@ -159,8 +181,7 @@ class KeepSchedule:
             raise ValueError(f"schedule: sites must be >= 1, got {self.sites}")
 
     def site_blocks(self, depths: Depths) -> tuple[tuple[int, int], ...]:
-        stages = range(len(depths) - 1) if len(depths) > 1 else range(1)
-        candidates = [(s, b) for s in stages for b in range(depths[s]) if (s, b) != (0, 0)]
+        candidates = candidate_blocks(depths)
         sites = min(4, len(candidates)) if self.sites is None else self.sites
         if not 1 <= sites <= len(candidates):
             raise ValueError(
@@ -174,43 +195,115 @@ class KeepSchedule:
         self.site_blocks(depths)
 
     def target(self, depths: Depths, stage: int, block: int, hw: Grid) -> Grid:
-        if (stage, block) not in self.site_blocks(depths):
+        blocks = self.site_blocks(depths)
+        if (stage, block) not in blocks:
             return tuple(hw)
-        height, width = hw
-        low, high = max(height - height // 2, width - width // 2), min(height, width)
-        if low > high:
-            raise ValueError(
-                f"schedule {self.name}: no square target is reachable from the {height}×{width} "
-                f"grid at stage {stage}, block {block} (side would need {low} <= side <= {high})"
-            )
-        side = round(math.sqrt(self.keep ** (1.0 / len(self.site_blocks(depths))) * height * width))
-        side = min(max(side, low), high)
-        return side, side
+        return _square_keeping(
+            self.keep ** (1.0 / len(blocks)), hw, f"schedule {self.name} at stage {stage}, block {block}"
+        )
 
     @property
     def name(self) -> str:
         return f"keep={self.keep}" + ("" if self.sites is None else f",sites={self.sites}")
 
 
-Schedule = PruneTable | TargetTable | KeepSchedule
+# The grids the official tables were written for: VMamba-T/S/B and PlainMamba-L1/L2/L3 at 224 px.
+_OFFICIAL_FIRST_GRID = {"vmamba": (56, 56), "plainmamba": (14, 14)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperLike:
+    """Generated: an official table's per-site keep fractions, applied to any backbone and grid.
+
+    `paper_like=hybrid_2p1` reads what each site of the official table keeps on the grid it was
+    written for (VMamba-T at 224 px: 56→52 keeps 86%, 26→24 85%, then 12→11→10→9→8 in stage 2),
+    and gives each site the square grid that keeps that fraction of the grid it actually sees
+    (`_square_keeping`). On a backbone with the table's own depths the sites stay where the table
+    puts them, so at 224 px it is the official table; elsewhere they go, in order, to the
+    `candidate_blocks` spread as evenly as `KeepSchedule` spreads its sites, and a backbone with
+    fewer candidates than the table has sites takes the first ones only.
+    """
+
+    table: str
+
+    def __post_init__(self):
+        if self.table not in (*NAMES, *(name[: -len("_sb")] for name in _VMAMBA_SMALL_BASE)):
+            raise ValueError(
+                f"schedule: paper_like needs an official table name, got {self.table!r}; valid: {_valid_names()}"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"paper_like={self.table}"
+
+    def _official(self) -> list[tuple[Depths, tuple[Site, ...]]]:
+        """(depths, reducing sites) of every official table this name stands for."""
+        if self.table in _PLAINMAMBA:
+            return [((24,), _reducing(trace(self.table, (24,), _OFFICIAL_FIRST_GRID["plainmamba"])))]
+        names = [self.table] if self.table in _VMAMBA_SMALL_BASE else [self.table, self.table + "_sb"]
+        tables = [_VMAMBA_TINY.get(name) or _VMAMBA_SMALL_BASE[name] for name in names]
+        first = _OFFICIAL_FIRST_GRID["vmamba"]
+        return [(tuple(map(len, t)), _reducing(trace(PruneTable(t), tuple(map(len, t)), first))) for t in tables]
+
+    def fractions(self) -> tuple[float, ...]:
+        """What each official site keeps of its incoming tokens, in order."""
+        sites = self._official()[0][1]
+        return tuple(_tokens(site.out_hw) / _tokens(site.in_hw) for site in sites)
+
+    def site_fractions(self, depths: Depths) -> dict[tuple[int, int], float]:
+        """(stage, block) -> kept fraction, for a backbone with `depths`."""
+        for official_depths, sites in self._official():
+            if official_depths == tuple(depths):
+                return {(site.stage, site.block): _tokens(site.out_hw) / _tokens(site.in_hw) for site in sites}
+        fractions, candidates = self.fractions(), candidate_blocks(depths)
+        count, used = len(candidates), min(len(fractions), len(candidates))
+        if not used:
+            raise ValueError(f"schedule {self.name}: a backbone with depths {tuple(depths)} has no candidate block")
+        return {candidates[i * count // used]: fractions[i] for i in range(used)}
+
+    def check(self, depths: Depths) -> None:
+        self.site_fractions(depths)
+
+    def target(self, depths: Depths, stage: int, block: int, hw: Grid) -> Grid:
+        fraction = self.site_fractions(depths).get((stage, block))
+        if fraction is None:
+            return tuple(hw)
+        return _square_keeping(fraction, hw, f"schedule {self.name} at stage {stage}, block {block}")
+
+
+def _tokens(hw: Grid) -> int:
+    return hw[0] * hw[1]
+
+
+def _reducing(sites: tuple[Site, ...]) -> tuple[Site, ...]:
+    return tuple(site for site in sites if site.out_hw != site.in_hw)
+
+
+Schedule = PruneTable | TargetTable | KeepSchedule | PaperLike
 
 
 def _valid_names() -> str:
-    return ", ".join(NAMES) + ", hybrid_1p1 .. hybrid_5p1 (tiny or _sb by depths), keep=<ratio>[,sites=<N>]"
+    return (
+        ", ".join(NAMES)
+        + ", hybrid_1p1 .. hybrid_5p1 (tiny or _sb by depths), keep=<ratio>[,sites=<N>], paper_like=<table name>"
+    )
 
 
 def parse(schedule) -> str | Schedule:
     """Validate a schedule given as a name, a VMamba table, a PlainMamba table or `keep=...`.
 
     Returns a hashable form: a known table name as is (it is resolved against the backbone's depths
-    by `resolve`), a `PruneTable`, a `TargetTable` or a `KeepSchedule`.
+    by `resolve`), a `PruneTable`, a `TargetTable`, a `KeepSchedule` or a `PaperLike`.
     """
-    if isinstance(schedule, (PruneTable, TargetTable, KeepSchedule)):
+    if isinstance(schedule, (PruneTable, TargetTable, KeepSchedule, PaperLike)):
         return schedule
     if isinstance(schedule, str):
         match = KEEP_PATTERN.fullmatch(schedule)
         if match:
             return KeepSchedule(float(match["keep"]), int(match["sites"]) if match["sites"] else None)
+        match = PAPER_LIKE_PATTERN.fullmatch(schedule)
+        if match:
+            return PaperLike(match["table"])
         if schedule in NAMES:
             return schedule
         raise ValueError(f"schedule: unknown name {schedule!r}; valid: {_valid_names()}")
