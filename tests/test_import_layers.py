@@ -117,3 +117,21 @@ def test_an_upward_import_is_reported_with_file_line_and_module(relative, source
 def test_downward_and_same_layer_imports_pass():
     source = "from sarf_jax import data, parallel\nfrom sarf_jax.models.registry import create\nfrom . import sharded\n"
     assert upward_imports(PACKAGE / "evaluate" / "sweep.py", source, layer_table()) == []
+
+
+def test_importing_the_package_does_not_start_a_jax_backend():
+    """Multi-process runs call jax.distributed.initialize after importing sarf_jax, which fails once
+    any import has asked for a backend (e.g. a class-level default resolving scan_impl="auto")."""
+    import subprocess
+    import sys
+
+    program = (
+        "import pkgutil, importlib, sarf_jax\n"
+        "for m in pkgutil.walk_packages(sarf_jax.__path__, 'sarf_jax.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "from jax._src import xla_bridge\n"
+        "assert not xla_bridge.backends_are_initialized(), 'an import started a JAX backend'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -27,7 +27,7 @@ from flax import nnx
 
 from sarf_jax.nn.checks import check_bools, is_int, is_real
 from sarf_jax.nn.initializers import uniform
-from sarf_jax.ops import resolve_impl
+from sarf_jax.ops.selective_scan import IMPLS
 
 DT_INITS = ("random", "constant")
 
@@ -79,7 +79,8 @@ class SSMConfig:
         self._require(is_real(self.dt_scale) and self.dt_scale > 0, "dt_scale", "a number > 0")
         self._require(is_real(self.dt_init_floor) and self.dt_init_floor >= 0, "dt_init_floor", "a number >= 0")
         check_bools("SSMConfig", conv_bias=self.conv_bias, bias=self.bias)
-        resolve_impl(self.scan_impl)
+        # the name only: resolving "auto" would ask for the backend, which an import must not do
+        self._require(self.scan_impl in IMPLS, "scan_impl", f"one of {IMPLS}")
         self._require(
             self.chunk_size is None or (is_int(self.chunk_size) and self.chunk_size >= 1),
             "chunk_size",
