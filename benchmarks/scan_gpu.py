@@ -1,9 +1,9 @@
 """The Pallas selective scan against `chunked` and `reference` on an accelerator, in bfloat16.
 
 One script for a GPU session (it runs in a few minutes; the same script works on a TPU): for the
-Vim-S layer and the VMamba-T stage-0 scan it checks that the compiled kernel agrees with `reference`, then
-times forward and forward + backward of `pallas`, `chunked` and `reference`, and reports the
-bandwidth achieved against the device's memory bandwidth. One JSON object per line:
+Vim-S layer and the VMamba-T stage-0 scan it checks that the compiled kernel agrees with
+`reference`, then times forward and forward + backward of `pallas`, `chunked` and `reference`,
+and reports the bandwidth achieved against the device's memory bandwidth. One JSON object per line:
 
   {"bench": "device", ...}        the accelerator, its assumed peak bandwidth, versions, date
   {"bench": "scan_accel", ...}    one (layer, impl): ms, bytes moved, GB/s, fraction of peak,
