@@ -1,9 +1,9 @@
 """The Pallas selective scan against `chunked` and `reference` on an accelerator, in bfloat16.
 
 One script for a GPU session (it runs in a few minutes; the same script works on a TPU): for the
-Vim-S and VMamba-T layer shapes it checks that the compiled kernel agrees with `reference`, then
-times forward and forward + backward of `pallas`, `chunked` and `reference`, and reports the
-bandwidth achieved against the device's memory bandwidth. One JSON object per line:
+Vim-S layer and the VMamba-T stage-0 scan it checks that the compiled kernel agrees with
+`reference`, then times forward and forward + backward of `pallas`, `chunked` and `reference`,
+and reports the bandwidth achieved against the device's memory bandwidth. One JSON object per line:
 
   {"bench": "device", ...}        the accelerator, its assumed peak bandwidth, versions, date
   {"bench": "scan_accel", ...}    one (layer, impl): ms, bytes moved, GB/s, fraction of peak,
@@ -15,7 +15,9 @@ bandwidth achieved against the device's memory bandwidth. One JSON object per li
 
 Bytes moved are the minimum any implementation must move, in the inputs' dtypes: forward reads
 u, delta, z, B, C and writes y; forward + backward adds reading u, delta, z, B, C and dy and
-writing du, ddelta, dz, dB, dC (the small per-channel parameters are ignored).
+writing du, ddelta, dz, dB, dC (the small per-channel parameters are ignored; VMamba has no z).
+benchmarks/scan_roofline.py measures the device's own copy bandwidth and exp rate instead of a
+data-sheet peak, and times the scans without per-call dispatch.
 
     python benchmarks/scan_gpu.py                  # batch 32 (training-sized)
     python benchmarks/scan_gpu.py --batch 2        # the latency case
@@ -43,11 +45,13 @@ from sarf_jax.ops.selective_scan import resolve_impl  # noqa: E402
 
 IMPLS = ("pallas", "chunked", "reference")
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-LAYERS = {  # (length, channels, state, groups)
-    "vim_s": (197, 768, 16, None),  # Vim-S: 14x14 patches + class token, d_inner 768, d_state 16
-    "vmamba_t": (3136, 768, 1, 4),  # VMamba-T stage 1: 56x56, d_inner 192 x K=4 directions, N=1
+LAYERS = {  # (length, channels, state, groups, gated: with z)
+    "vim_s": (197, 768, 16, None, True),  # Vim-S: 14x14 patches + class token, d_inner 768, d_state 16
+    # VMamba-T (vmamba_tiny: dims 96, ssm_ratio 1.0, forward_type v05_noz) stage 0: a 56x56 grid,
+    # d_inner 96 x K=4 directions in one scan, N=1, B/C grouped by direction, no z in the scan
+    "vmamba_t": (3136, 384, 1, 4, False),
 }
-QUICK_LAYERS = {"vim_s": (13, 256, 16, None), "vmamba_t": (40, 256, 1, 4)}
+QUICK_LAYERS = {"vim_s": (13, 256, 16, None, True), "vmamba_t": (40, 256, 1, 4, False)}
 
 # Peak HBM bandwidth in bytes/s by device_kind prefix (vendor data sheets); --peak-gbps overrides.
 PEAK_BANDWIDTH = {
@@ -78,7 +82,8 @@ def peak_bandwidth(device_kind: str, override_gbps: float | None):
     return None
 
 
-def layer_inputs(batch, length, channels, state, groups, seed=0):
+def layer_inputs(batch, length, channels, state, groups, gated=True, seed=0):
+    """Random bf16 u, delta, B, C (and z when `gated`) with fp32 A, D, delta_bias; z None otherwise."""
     rng = np.random.default_rng(seed)
     bf16 = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
     bc = (batch, length, state) if groups is None else (batch, length, groups, state)
@@ -89,13 +94,13 @@ def layer_inputs(batch, length, channels, state, groups, seed=0):
         B=bf16(*bc),
         C=bf16(*bc),
         D=jnp.ones((channels,), jnp.float32),
-        z=bf16(batch, length, channels),
+        z=bf16(batch, length, channels) if gated else None,
         delta_bias=jnp.asarray(rng.uniform(-4, -2, channels), jnp.float32),
     )
 
 
 def minimum_bytes(inputs):
-    size = lambda name: inputs[name].size * inputs[name].dtype.itemsize
+    size = lambda name: 0 if inputs[name] is None else inputs[name].size * inputs[name].dtype.itemsize
     sequence = sum(size(k) for k in ("u", "delta", "z"))
     bc = size("B") + size("C")
     y = size("u")
@@ -135,13 +140,13 @@ def bench_layer(layer, shape, batch, repeats, peak):
         first_call_s = time.perf_counter() - start
         forward_ms = median_ms(lambda: jax.block_until_ready(forward(*args)), repeats)
         forward_backward_ms = median_ms(lambda: jax.block_until_ready(grad(*args)), repeats)
-        errors = {name: max_error(g, e) for name, g, e in zip(ARG_NAMES, grads, expected_grads)}
+        errors = {name: max_error(g, e) for name, g, e in zip(ARG_NAMES, grads, expected_grads) if g is not None}
         row = {
             "bench": "scan_accel",
             "layer": layer,
             "impl": impl,
             "resolved_impl": resolve_impl(impl),
-            "shape": dict(zip(("batch", "length", "channels", "state", "groups"), (batch, *shape))),
+            "shape": dict(zip(("batch", "length", "channels", "state", "groups", "gated"), (batch, *shape))),
             "dtype": "bfloat16",
             "first_call_s": first_call_s,
             "forward_ms": forward_ms,
