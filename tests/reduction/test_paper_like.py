@@ -7,7 +7,7 @@ from sarf_jax import models, reduction
 from sarf_jax.reduction import schedules
 
 TABLES = ["hybrid_1p1", "hybrid_2p1", "hybrid_4p1", "hybrid_2p1_sb", "schedual_1", "schedual_3"]
-MINIS = ["vim_mini", "vmamba_mini", "plainmamba_mini", "vit_mini"]
+MINIS = ["vim_mini", "vmamba_mini", "plainmamba_mini", "vit_mini", "vmamba_paper_mini", "plainmamba_paper_mini"]
 FULL = [("vmamba_tiny", "hybrid"), ("vmamba_small", "hybrid"), ("vmamba_base", "hybrid"), ("plainmamba_l2", "schedual")]
 
 
@@ -82,3 +82,13 @@ def test_spec_text_form_label_and_errors():
     assert hash(spec) == hash(reduction.parse_spec("sarf_evit:paper_like=hybrid_2p1"))
     with pytest.raises(ValueError, match=r"paper_like needs an official table name, got 'hybrid_9p1'; valid: "):
         reduction.parse_spec("sarf_tome:paper_like=hybrid_9p1")
+
+
+@pytest.mark.parametrize("name", ["vmamba_paper_mini", "plainmamba_paper_mini"])
+def test_paper_minis_take_the_papers_steps_on_a_grid_of_at_least_12(name):
+    """Each site removes one row and one column (13-21% of the tokens), all in the first stage."""
+    sites = abstract_model(name, 28, 1).reduction_sites(reduction.Spec("sarf_tome", "paper_like=hybrid_2p1"))
+    steps = [(s.stage, s.in_hw[0], s.out_hw[0]) for s in reducing(sites)]
+    assert steps == [(0, 14, 13), (0, 13, 12), (0, 12, 11), (0, 11, 10), (0, 10, 9)] + (
+        [(0, 9, 8)] if name.startswith("plainmamba") else []
+    )
