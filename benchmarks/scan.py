@@ -6,7 +6,7 @@ Prints one JSON object per line:
                            ("interpret": true): a correctness path whose time says nothing about
                            the kernel (benchmarks/scan_gpu.py times it on an accelerator);
   {"bench": "mixer", ...}  sarf_jax.nn.Mamba and transformers' MambaMixer (torch CPU, its
-                           pure-PyTorch path) with the same sizes;
+                           pure-PyTorch path) with the same sizes, timed in alternation;
   {"bench": "summary", ...} the ratios the foundation issue sets targets for, as measured here;
   {"bench": "layer", ...}  with --layers: `chunked` at the VMamba-T stage shapes and a Vim-S layer
                            (batch 8, float32), forward and forward + backward.
@@ -76,6 +76,19 @@ def compiled_jax(fn, *args):
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
     return compiled, compile_s, compiled.memory_analysis().temp_size_in_bytes
+
+
+def interleaved_ms(fns: dict, repeats: int) -> dict:
+    """Median ms of each fn, called in turn (one call each per round) after one warm-up round:
+    on a shared machine, load then hits every fn alike, so their ratios hold."""
+    times = {name: [] for name in fns}
+    for round_index in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_index:
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 
 def time_jax(fn, args, repeats):
@@ -232,8 +245,17 @@ def bench_mixer(batch, length, d_model, repeats):
     def forward_backward(params, x):
         return jax.grad(lambda p, x: jnp.sum(forward(p, x)), argnums=(0, 1))(params, x)
 
-    fwd_ms, fwd_compile, _ = time_jax(forward, (params, x), repeats)
-    fb_ms, fb_compile, _ = time_jax(forward_backward, (params, x), repeats)
+    forward_c, fwd_compile, _ = compiled_jax(forward, params, x)
+    forward_backward_c, fb_compile, _ = compiled_jax(forward_backward, params, x)
+    ms = interleaved_ms(
+        {
+            "jax_forward": lambda: jax.block_until_ready(forward_c(params, x)),
+            "jax_forward_backward": lambda: jax.block_until_ready(forward_backward_c(params, x)),
+            "torch_forward": torch_forward,
+            "torch_forward_backward": torch_forward_backward,
+        },
+        repeats,
+    )
     shape = {"batch": batch, "length": length, "d_model": d_model, "d_state": 16, "expand": 2}
     return [
         {
@@ -241,16 +263,16 @@ def bench_mixer(batch, length, d_model, repeats):
             "impl": "sarf_jax.nn.Mamba",
             "scan_impl": resolve_impl("auto"),
             "shape": shape,
-            "forward_ms": fwd_ms,
-            "forward_backward_ms": fb_ms,
+            "forward_ms": ms["jax_forward"],
+            "forward_backward_ms": ms["jax_forward_backward"],
             "compile_s": fwd_compile + fb_compile,
         },
         {
             "bench": "mixer",
             "impl": "transformers.MambaMixer (torch)",
             "shape": shape,
-            "forward_ms": median_ms(torch_forward, repeats),
-            "forward_backward_ms": median_ms(torch_forward_backward, repeats),
+            "forward_ms": ms["torch_forward"],
+            "forward_backward_ms": ms["torch_forward_backward"],
         },
     ]
 

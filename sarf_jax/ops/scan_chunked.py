@@ -15,8 +15,13 @@ holds a (batch, length, channels, state) tensor: saved are the inputs and one st
 Letting JAX differentiate a loop of dynamic slices instead would add every chunk's slice
 cotangent into full-size zero buffers, once per chunk.
 
-The state is laid out (state, channels), channels minor, so the readout <h, C> sums whole channel
-vectors instead of reducing state-wide rows (~2x faster on CPU than the reference's layout).
+Measured on CPU before (benchmarks/scan.py, README): inside a chunk the steps run one after the
+other, unrolled, because an associative scan over the chunk did several times the work and was
+~3x slower; and the state is laid out (state, channels), channels minor, so the readout <h, C>
+sums whole channel vectors instead of reducing state-wide rows (~2x faster than the reference's
+layout). A two-level form that runs all chunks at once (chunk index as a batch axis, the
+boundary states by a scan over chunks) was 2-3x slower still at VMamba-T's stage 0: its strided
+per-step slices of (batch, chunks, ...) arrays cost more than the loop they remove.
 Lengths that are not a multiple of the chunk end with one shorter chunk; nothing is padded.
 The arithmetic of each step is the reference's, in the same order, in float32.
 """
