@@ -83,7 +83,10 @@ def _stack_tables(lines):
     locations = {}
     for key, text in tables["FileLocations"].items():
         fields = dict(re.findall(r"(\w+)=(\d+)", text))
-        locations[key] = (strip(files.get(int(fields["file_name_id"]), "")), strip(functions.get(int(fields["function_name_id"]), "")))
+        locations[key] = (
+            strip(files.get(int(fields["file_name_id"]), "")),
+            strip(functions.get(int(fields["function_name_id"]), "")),
+        )
     frames = {}
     for key, text in tables["StackFrames"].items():
         fields = dict(re.findall(r"(\w+)=(\d+)", text))
@@ -145,7 +148,9 @@ def classify(op: dict | None) -> str:
         return "depthwise_conv"
     if any(os.sep + os.path.join("sarf_jax", "reduction") + os.sep in f for f in files):
         return "reduction"
-    if any(f.startswith(NORM_FUNCTIONS) or ".".join(f.split(".")[-2:-1]) in ("LayerNorm", "RMSNorm") for f in functions):
+    if any(
+        f.startswith(NORM_FUNCTIONS) or ".".join(f.split(".")[-2:-1]) in ("LayerNorm", "RMSNorm") for f in functions
+    ):
         return "norm"
     opcodes = op["opcodes"]
     if opcodes & MATMUL_OPCODES or "dot_general" in names or "conv_general_dilated" in names:
@@ -240,7 +245,9 @@ def profile(fn, args, *, steps: int, warmup: int = 2) -> dict:
 
 def model_passes(name, *, img_size, in_chans, batch, spec=None, overrides=None):
     """{"forward": (fn, args), "forward_backward": (fn, args)} of a fresh model, float32."""
-    model = models.create(name, num_classes=10, img_size=img_size, in_chans=in_chans, rngs=nnx.Rngs(0), **(overrides or {}))
+    model = models.create(
+        name, num_classes=10, img_size=img_size, in_chans=in_chans, rngs=nnx.Rngs(0), **(overrides or {})
+    )
     graphdef, state = nnx.split(model)
     params, rest = nnx.split(model, nnx.Param, ...)[1:]
     images = jax.random.normal(jax.random.key(0), (batch, img_size, img_size, in_chans))
@@ -273,9 +280,13 @@ def main(argv=None):
     parser.add_argument("--img-size", type=int, default=None, help="instead of the model's configuration")
     parser.add_argument("--batch", type=int, default=None, help="instead of the model's configuration")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps per pass")
-    parser.add_argument("--passes", nargs="*", default=["forward", "forward_backward"], choices=["forward", "forward_backward"])
+    parser.add_argument(
+        "--passes", nargs="*", default=["forward", "forward_backward"], choices=["forward", "forward_backward"]
+    )
     parser.add_argument("--reduction", default=None, metavar="SPEC", help="a reduction spec, e.g. sarf_tome:hybrid_2p1")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="constructor argument (Python literal)")
+    parser.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE", help="constructor argument (Python literal)"
+    )
     args = parser.parse_args(argv)
     import ast
 

@@ -25,7 +25,18 @@ def test_nested_events_are_charged_their_own_time_only(profile_cpu):
 
 def test_tiny_vmamba_profile_splits_its_time_into_kinds(profile_cpu, capsys):
     profile_cpu.main(
-        ["--models", "vmamba_mini", "--batch", "2", "--steps", "1", "--override", "depths=(1, 1)", "--passes", "forward"]
+        [
+            "--models",
+            "vmamba_mini",
+            "--batch",
+            "2",
+            "--steps",
+            "1",
+            "--override",
+            "depths=(1, 1)",
+            "--passes",
+            "forward",
+        ]
     )
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(row["model"], row["pass"]) for row in rows] == [("vmamba_mini", "forward")]

@@ -129,7 +129,9 @@ def _scan_backward(chunk, residuals, cotangents):
 
     def one_chunk(start, h0, g, grads, dA, piece):
         _, _, states = _chunk_forward(h0, piece(u), piece(delta), piece(B), piece(C), A_t)
-        g, chunk_grads, chunk_dA = _chunk_backward(g, states, piece(u), piece(delta), piece(B), piece(C), piece(dy), A_t)
+        g, chunk_grads, chunk_dA = _chunk_backward(
+            g, states, piece(u), piece(delta), piece(B), piece(C), piece(dy), A_t
+        )
         grads = tuple(lax.dynamic_update_slice_in_dim(x, d, start, axis=1) for x, d in zip(grads, chunk_grads))
         return g, grads, dA + chunk_dA
 

@@ -14,9 +14,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-
 import old_chunked
 from scan import LAYERS, scan_inputs
+
 from sarf_jax.ops import selective_scan
 
 core = importlib.import_module("sarf_jax.ops.selective_scan")
@@ -38,7 +38,7 @@ for layer, (batch, length, channels, state, groups) in LAYERS.items():
             compiled = jax.jit(fn).lower(*args).compile()
             fns[impl, pass_name] = (compiled, time.perf_counter() - start)
     seconds = {key: [] for key in fns}
-    for key, (compiled, _) in fns.items():
+    for compiled, _ in fns.values():  # warm-up
         jax.block_until_ready(compiled(*args))
     for _ in range(rounds):
         for key, (compiled, _) in fns.items():
