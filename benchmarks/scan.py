@@ -6,13 +6,16 @@ Prints one JSON object per line:
                            ("interpret": true): a correctness path whose time says nothing about
                            the kernel (benchmarks/scan_gpu.py times it on an accelerator);
   {"bench": "mixer", ...}  sarf_jax.nn.Mamba and transformers' MambaMixer (torch CPU, its
-                           pure-PyTorch path) with the same sizes;
-  {"bench": "summary", ...} the ratios the foundation issue sets targets for, as measured here.
+                           pure-PyTorch path) with the same sizes, timed in alternation;
+  {"bench": "summary", ...} the ratios the foundation issue sets targets for, as measured here;
+  {"bench": "layer", ...}  with --layers: `chunked` at the VMamba-T stage shapes and a Vim-S layer
+                           (batch 8, float32), forward and forward + backward.
 Times are medians over --repeats runs after a warm-up; compile time and XLA temp bytes come from
 `jax.jit(...).lower(...).compile()` and `compiled.memory_analysis()`.
 
     .venv/bin/python benchmarks/scan.py            # the issue's shapes
     .venv/bin/python benchmarks/scan.py --quick    # tiny shapes, a smoke run
+    .venv/bin/python benchmarks/scan.py --only mixer layers   # the mixer and the model layers only
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ from sarf_jax.ops import selective_scan
 from sarf_jax.ops.selective_scan import DEFAULT_CHUNK_SIZE, resolve_impl
 
 SCAN_IMPLS = ("reference", "associative", "chunked", "pallas")
+# name -> (batch, length, channels, state, groups): VMamba-T's four stages at 224 px (channels =
+# d_inner x K = 4 directions, B/C grouped by direction, no z) and one Vim-S layer (z gated)
+LAYERS = {
+    "vmamba_t_stage0": (8, 3136, 384, 1, 4),
+    "vmamba_t_stage1": (8, 784, 768, 1, 4),
+    "vmamba_t_stage2": (8, 196, 1536, 1, 4),
+    "vmamba_t_stage3": (8, 49, 3072, 1, 4),
+    "vim_s": (8, 197, 768, 16, None),
+}
 
 
 def machine() -> dict:
@@ -66,25 +78,62 @@ def compiled_jax(fn, *args):
     return compiled, compile_s, compiled.memory_analysis().temp_size_in_bytes
 
 
+def interleaved_ms(fns: dict, repeats: int) -> dict:
+    """Median ms of each fn, called in turn (one call each per round) after one warm-up round:
+    on a shared machine, load then hits every fn alike, so their ratios hold."""
+    times = {name: [] for name in fns}
+    for round_index in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_index:
+                times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+
 def time_jax(fn, args, repeats):
     compiled, compile_s, temp = compiled_jax(fn, *args)
     ms = median_ms(lambda: jax.block_until_ready(compiled(*args)), repeats)
     return ms, compile_s, temp
 
 
-def scan_inputs(batch, length, channels, state, dtype, seed=0):
+def scan_inputs(batch, length, channels, state, dtype, seed=0, *, groups=None, gated=True):
     rng = np.random.default_rng(seed)
     normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), dtype)
+    bc_shape = (batch, length, state) if groups is None else (batch, length, groups, state)
     return dict(
         u=normal(batch, length, channels),
         delta=normal(batch, length, channels) * 0.5,
         A=-jnp.exp(jnp.asarray(rng.standard_normal((channels, state)), jnp.float32) * 0.5),
-        B=normal(batch, length, state),
-        C=normal(batch, length, state),
+        B=normal(*bc_shape),
+        C=normal(*bc_shape),
         D=jnp.ones((channels,), jnp.float32),
-        z=normal(batch, length, channels),
+        z=normal(batch, length, channels) if gated else None,
         delta_bias=jnp.asarray(rng.uniform(-4, -2, channels), jnp.float32),
     )
+
+
+def bench_layer(name, impl, repeats, chunk_size=None):
+    """One model layer's scan (LAYERS[name]), float32: forward and forward + backward ms."""
+    batch, length, channels, state, groups = LAYERS[name]
+    inputs = {k: v for k, v in scan_inputs(batch, length, channels, state, jnp.float32, groups=groups,
+                                            gated=groups is None).items() if v is not None}  # fmt: skip
+    names, args = tuple(inputs), tuple(inputs.values())
+    forward = lambda *a: selective_scan(**dict(zip(names, a)), delta_softplus=True, impl=impl, chunk_size=chunk_size)
+    cotangent = jnp.ones((batch, length, channels), jnp.float32)
+    grads = lambda *a: jax.grad(lambda *b: jnp.sum(forward(*b) * cotangent), argnums=tuple(range(len(a))))(*a)
+    fwd_ms, _, _ = time_jax(forward, args, repeats)
+    fb_ms, _, fb_temp = time_jax(grads, args, repeats)
+    return {
+        "bench": "layer",
+        "layer": name,
+        "impl": resolve_impl(impl),
+        "chunk_size": chunk_size or DEFAULT_CHUNK_SIZE,
+        "shape": dict(zip(("batch", "length", "channels", "state", "groups"), LAYERS[name])),
+        "forward_ms": fwd_ms,
+        "forward_backward_ms": fb_ms,
+        "temp_bytes_forward_backward": fb_temp,
+    }
 
 
 def bench_scan(impl, shape, dtype, repeats):
@@ -196,8 +245,17 @@ def bench_mixer(batch, length, d_model, repeats):
     def forward_backward(params, x):
         return jax.grad(lambda p, x: jnp.sum(forward(p, x)), argnums=(0, 1))(params, x)
 
-    fwd_ms, fwd_compile, _ = time_jax(forward, (params, x), repeats)
-    fb_ms, fb_compile, _ = time_jax(forward_backward, (params, x), repeats)
+    forward_c, fwd_compile, _ = compiled_jax(forward, params, x)
+    forward_backward_c, fb_compile, _ = compiled_jax(forward_backward, params, x)
+    ms = interleaved_ms(
+        {
+            "jax_forward": lambda: jax.block_until_ready(forward_c(params, x)),
+            "jax_forward_backward": lambda: jax.block_until_ready(forward_backward_c(params, x)),
+            "torch_forward": torch_forward,
+            "torch_forward_backward": torch_forward_backward,
+        },
+        repeats,
+    )
     shape = {"batch": batch, "length": length, "d_model": d_model, "d_state": 16, "expand": 2}
     return [
         {
@@ -205,24 +263,45 @@ def bench_mixer(batch, length, d_model, repeats):
             "impl": "sarf_jax.nn.Mamba",
             "scan_impl": resolve_impl("auto"),
             "shape": shape,
-            "forward_ms": fwd_ms,
-            "forward_backward_ms": fb_ms,
+            "forward_ms": ms["jax_forward"],
+            "forward_backward_ms": ms["jax_forward_backward"],
             "compile_s": fwd_compile + fb_compile,
         },
         {
             "bench": "mixer",
             "impl": "transformers.MambaMixer (torch)",
             "shape": shape,
-            "forward_ms": median_ms(torch_forward, repeats),
-            "forward_backward_ms": median_ms(torch_forward_backward, repeats),
+            "forward_ms": ms["torch_forward"],
+            "forward_backward_ms": ms["torch_forward_backward"],
         },
     ]
+
+
+def run_only(benches, mixer_shape, repeats):
+    """The chosen benches' rows, without the summary (it needs every scan impl)."""
+    if "layers" in benches:
+        for name in LAYERS:
+            print(json.dumps(bench_layer(name, "chunked", repeats)), flush=True)
+    if "mixer" in benches:
+        rows = bench_mixer(*mixer_shape, repeats)
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        ours, theirs = rows
+        ratio = {
+            "bench": "mixer_ratio",
+            "forward_speedup_vs_transformers": theirs["forward_ms"] / ours["forward_ms"],
+            "forward_backward_speedup_vs_transformers": theirs["forward_backward_ms"] / ours["forward_backward_ms"],
+        }
+        print(json.dumps(ratio), flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes: checks the script runs")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--only", nargs="*", choices=("mixer", "layers"), default=None,
+                        help="run these benches only (default: every impl, the mixer and the summary)")  # fmt: skip
+    parser.add_argument("--layers", action="store_true", help="also time `chunked` at the LAYERS shapes")
     args = parser.parse_args()
     repeats = args.repeats or (2 if args.quick else 10)
     scan_shape = (1, 20, 16, 4) if args.quick else (4, 196, 384, 16)
@@ -230,6 +309,11 @@ def main():
 
     info = machine()
     print(json.dumps({"bench": "machine", **info}), flush=True)
+    if args.only is not None:
+        run_only(args.only, mixer_shape, repeats)
+        return
+    if args.layers:
+        run_only(["layers"], mixer_shape, repeats)
     rows = []
     for impl in ("auto", *SCAN_IMPLS):
         rows.append(bench_scan(impl, scan_shape, jnp.float32, repeats))

@@ -84,7 +84,8 @@ class SS2D(nnx.Module):
       proj_init: initialiser of the in_proj / out_proj kernels (default PyTorch's Linear init;
         VSSM re-initialises them with trunc_normal(0.02)).
       dtype: compute dtype of projections and conv (None: the input's). Parameters are float32;
-        the scan, the cross-merge and out_norm run in float32.
+        the scan takes its inputs in that dtype and computes in float32 (selective_scan's
+        contract); its output, in that dtype, is merged and normalised (out_norm) in float32.
       **ssm_fields: `SSMConfig` fields that replace those of `ssm`.
 
     Initialised like the official module on its own (mamba_init "v0", see `SSMConfig`; PyTorch
@@ -155,7 +156,10 @@ class SS2D(nnx.Module):
         return self.out_proj(y)
 
     def scan(self, x: jax.Array) -> jax.Array:
-        """The four-direction selective scan of a (batch, H, W, d_inner) grid, merged, float32."""
+        """The four-direction selective scan of a (batch, H, W, d_inner) grid, merged, float32.
+
+        u goes to the scan in the compute dtype (not up-cast here: the scan computes in float32
+        whatever it is given, and a bfloat16 u is half the bytes to read)."""
         height, width = x.shape[1:3]
         R, N = self.dt_rank, self.d_state
         xs = cross_scan(x)  # (batch, L, K, d_inner)
@@ -164,7 +168,7 @@ class SS2D(nnx.Module):
         delta = jnp.einsum("blkr,kdr->blkd", dt, self.dt_projs_weight[...].astype(dt.dtype))
         flat = lambda t: rearrange(t, "b l k d -> b l (k d)")
         ys = selective_scan(
-            flat(xs.astype(jnp.float32)),
+            flat(xs),
             flat(delta),
             -jnp.exp(self.A_logs[...]),
             B,
@@ -174,4 +178,5 @@ class SS2D(nnx.Module):
             delta_softplus=True,
             **self.ssm.scan_options(),
         )
-        return cross_merge(rearrange(ys, "b l (k d) -> b l k d", k=DIRECTIONS), height, width)
+        ys = rearrange(ys.astype(jnp.float32), "b l (k d) -> b l k d", k=DIRECTIONS)
+        return cross_merge(ys, height, width)

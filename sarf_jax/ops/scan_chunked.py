@@ -1,19 +1,32 @@
-"""`lax.scan` over chunks of the sequence, the steps of each chunk unrolled, rematerialised.
+"""The sequence in chunks of `chunk_size` steps, each chunk's steps unrolled, with a hand-written
+backward pass that keeps only the state at each chunk boundary.
 
-Only the state at each chunk boundary is kept for the backward pass; everything inside a chunk
-is recomputed from the inputs (`jax.checkpoint`), so forward + backward never holds a
-(batch, length, channels, state) tensor: its temp memory is a fraction of one such tensor,
-against ~12 for the full associative scan (benchmarks/scan.py).
+Forward: a loop over chunks reads each chunk straight out of the (batch, length, ...) inputs
+(dynamic slices along the length) and writes its outputs back in place, so no input or output
+is ever transposed to a time-major layout. On the 2-core CPU those transposes (and the softplus
+fused into one of them) were ~2/3 of the previous form's time at VMamba-T's stage-0 shape
+(benchmarks/RESULTS.md, CPU section).
 
-Two choices were measured on CPU (benchmarks/scan.py, README): inside a chunk the steps run one
-after the other, unrolled, because an associative scan over the chunk did several times the work
-and was ~3x slower; and the state is laid out (state, channels) with channels minor, so that the
-readout <h, C> sums whole channel vectors instead of reducing 16-wide rows (~2x faster than the
-(channels, state) layout of the reference).
+Backward (`jax.custom_vjp`): a loop over the chunks in reverse recomputes each chunk's states
+from its saved boundary state, then runs the adjoint recurrence back through the chunk
+    g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}      (g_L = the last state's cotangent)
+and writes the chunk's gradients of u, delta, B and C in place. So forward + backward never
+holds a (batch, length, channels, state) tensor: saved are the inputs and one state per chunk.
+Letting JAX differentiate a loop of dynamic slices instead would add every chunk's slice
+cotangent into full-size zero buffers, once per chunk.
 
-Lengths that are not a multiple of the chunk are padded with steps of delta = 0, which leave the
-state unchanged (exp(0 A) = 1, 0 B u = 0).
+Measured on CPU before (benchmarks/scan.py, README): inside a chunk the steps run one after the
+other, unrolled, because an associative scan over the chunk did several times the work and was
+~3x slower; and the state is laid out (state, channels), channels minor, so the readout <h, C>
+sums whole channel vectors instead of reducing state-wide rows (~2x faster than the reference's
+layout). A two-level form that runs all chunks at once (chunk index as a batch axis, the
+boundary states by a scan over chunks) was 2-3x slower still at VMamba-T's stage 0: its strided
+per-step slices of (batch, chunks, ...) arrays cost more than the loop they remove.
+Lengths that are not a multiple of the chunk end with one shorter chunk; nothing is padded.
+The arithmetic of each step is the reference's, in the same order, in float32.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,30 +35,117 @@ from jax import lax
 DEFAULT_CHUNK_SIZE = 8
 
 
-def recurrence(u, delta, A, B, C, *, chunk_size=DEFAULT_CHUNK_SIZE):
-    """Same contract as scan_reference.recurrence."""
+def recurrence(u, delta, A, B, C, *, chunk_size=DEFAULT_CHUNK_SIZE, skip=None):
+    """Same contract as scan_reference.recurrence; with `skip` (u's shape, e.g. D·u), y_t is
+    <h_t, C_t> + skip_t, written into skip's buffer (one pass over the output fewer)."""
+    chunk = min(chunk_size, u.shape[1])
+    y, last_state = _scan(chunk, u, delta, A, B, C, jnp.zeros(u.shape, jnp.float32) if skip is None else skip)
+    return y, jnp.swapaxes(last_state, -1, -2)
+
+
+def _chunk_forward(h, u, delta, B, C, A_t):
+    """Steps of one chunk from state h (batch, G, N, H): (last state, y (batch, T, G, H), states)."""
+    ys, states = [], [h]
+    for t in range(u.shape[1]):
+        decay = jnp.exp(delta[:, t, :, None, :] * A_t)
+        h = decay * h + (delta[:, t] * u[:, t])[:, :, None, :] * B[:, t, :, :, None]
+        ys.append(jnp.sum(h * C[:, t, :, :, None], axis=-2))
+        states.append(h)
+    return h, jnp.stack(ys, axis=1), states
+
+
+def _chunk_backward(g, states, u, delta, B, C, dy, A_t):
+    """Adjoint of one chunk: g (batch, G, N, H) enters as dL/dh_T and leaves as dL/dh_0.
+    Returns (g, (du, ddelta, dB, dC) for the chunk's steps, dL/dA summed over the chunk, per batch)."""
+    du, ddelta, dB, dC = [], [], [], []
+    dA = jnp.zeros_like(g)
+    for t in reversed(range(u.shape[1])):
+        delta_t, u_t = delta[:, t], u[:, t]  # (batch, G, H)
+        B_t, C_t = B[:, t, :, :, None], C[:, t, :, :, None]  # (batch, G, N, 1)
+        g = g + C_t * dy[:, t, :, None, :]
+        dC.append(jnp.sum(states[t + 1] * dy[:, t, :, None, :], axis=-1))
+        decay = jnp.exp(delta_t[:, :, None, :] * A_t)
+        d_exponent = g * states[t] * decay  # dL/d(delta_t A), (batch, G, N, H)
+        dA = dA + d_exponent * delta_t[:, :, None, :]
+        g_B = jnp.sum(g * B_t, axis=-2)  # (batch, G, H)
+        ddelta.append(jnp.sum(d_exponent * A_t, axis=-2) + g_B * u_t)
+        du.append(g_B * delta_t)
+        dB.append(jnp.sum(g * (delta_t * u_t)[:, :, None, :], axis=-1))
+        g = g * decay
+    stack = lambda xs: jnp.stack(xs[::-1], axis=1)
+    return g, (stack(du), stack(ddelta), stack(dB), stack(dC)), dA
+
+
+def _chunk_slices(length, chunk):
+    """(number of whole chunks, length of the last partial chunk, 0 if none)."""
+    return length // chunk, length % chunk
+
+
+def _forward(chunk, u, delta, A, B, C, skip, *, keep_states):
+    """(y = readout + skip, last state (batch, G, N, H), boundary states (chunks, batch, G, N, H)
+    or None)."""
     batch, length, groups, per_group = u.shape
-    chunk = min(chunk_size, length)
-    num_chunks = -(-length // chunk)
-    padding = num_chunks * chunk - length
-    A_state_major = jnp.swapaxes(A, -1, -2)  # (G, N, H)
-
-    def chunks(x):  # (batch, length, ...) -> (num_chunks, chunk, batch, ...)
-        x = jnp.pad(x, [(0, 0), (0, padding)] + [(0, 0)] * (x.ndim - 2))
-        x = x.reshape(batch, num_chunks, chunk, *x.shape[2:])
-        return jnp.moveaxis(x, (1, 2), (0, 1))
-
-    def step(h, inputs):  # h: (batch, G, N, H)
-        u_t, delta_t, B_t, C_t = inputs  # (batch, G, H), (batch, G, H), (batch, G, N), (batch, G, N)
-        decay = jnp.exp(delta_t[:, :, None, :] * A_state_major)
-        h = decay * h + (delta_t * u_t)[:, :, None, :] * B_t[..., None]
-        return h, jnp.sum(h * C_t[..., None], axis=-2)
-
-    @jax.checkpoint
-    def one_chunk(h, inputs):
-        return lax.scan(step, h, inputs, unroll=True)
-
+    whole, rest = _chunk_slices(length, chunk)
+    A_t = jnp.swapaxes(A, -1, -2)  # (G, N, H)
     h0 = jnp.zeros((batch, groups, A.shape[-1], per_group), jnp.float32)
-    last_state, y = lax.scan(one_chunk, h0, tuple(map(chunks, (u, delta, B, C))))
-    y = jnp.moveaxis(y.reshape(num_chunks * chunk, batch, groups, per_group), 0, 1)
-    return y[:, :length], jnp.swapaxes(last_state, -1, -2)
+    starts0 = jnp.zeros((whole + (rest > 0), *h0.shape), jnp.float32) if keep_states else None
+
+    def one_chunk(c, carry):
+        h, y, starts = carry
+        piece = lambda x: lax.dynamic_slice_in_dim(x, c * chunk, chunk, axis=1)
+        if keep_states:
+            starts = lax.dynamic_update_index_in_dim(starts, h, c, axis=0)
+        h, y_c, _ = _chunk_forward(h, piece(u), piece(delta), piece(B), piece(C), A_t)
+        return h, lax.dynamic_update_slice_in_dim(y, y_c + piece(y), c * chunk, axis=1), starts
+
+    h, y, starts = lax.fori_loop(0, whole, one_chunk, (h0, skip, starts0))
+    if rest:
+        tail = lambda x: x[:, whole * chunk :]
+        if keep_states:
+            starts = starts.at[whole].set(h)
+        h, y_c, _ = _chunk_forward(h, tail(u), tail(delta), tail(B), tail(C), A_t)
+        y = lax.dynamic_update_slice_in_dim(y, y_c + tail(y), whole * chunk, axis=1)
+    return y, h, starts
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _scan(chunk, u, delta, A, B, C, skip):
+    y, last_state, _ = _forward(chunk, u, delta, A, B, C, skip, keep_states=False)
+    return y, last_state
+
+
+def _scan_forward(chunk, u, delta, A, B, C, skip):
+    y, last_state, starts = _forward(chunk, u, delta, A, B, C, skip, keep_states=True)
+    return (y, last_state), (u, delta, A, B, C, starts)
+
+
+def _scan_backward(chunk, residuals, cotangents):
+    u, delta, A, B, C, starts = residuals
+    dy, g = cotangents
+    whole, rest = _chunk_slices(u.shape[1], chunk)
+    A_t = jnp.swapaxes(A, -1, -2)
+    grads = tuple(jnp.zeros(x.shape, jnp.float32) for x in (u, delta, B, C))
+    dA = jnp.zeros_like(g)
+
+    def one_chunk(start, h0, g, grads, dA, piece):
+        _, _, states = _chunk_forward(h0, piece(u), piece(delta), piece(B), piece(C), A_t)
+        g, chunk_grads, chunk_dA = _chunk_backward(
+            g, states, piece(u), piece(delta), piece(B), piece(C), piece(dy), A_t
+        )
+        grads = tuple(lax.dynamic_update_slice_in_dim(x, d, start, axis=1) for x, d in zip(grads, chunk_grads))
+        return g, grads, dA + chunk_dA
+
+    if rest:
+        tail = lambda x: x[:, whole * chunk :]
+        g, grads, dA = one_chunk(whole * chunk, starts[whole], g, grads, dA, tail)
+
+    def reverse_chunk(i, carry):
+        c = whole - 1 - i
+        piece = lambda x: lax.dynamic_slice_in_dim(x, c * chunk, chunk, axis=1)
+        return one_chunk(c * chunk, starts[c], *carry, piece)
+
+    g, (du, ddelta, dB, dC), dA = lax.fori_loop(0, whole, reverse_chunk, (g, grads, dA))
+    return du, ddelta, jnp.swapaxes(jnp.sum(dA, axis=0), -1, -2), dB, dC, dy
+
+
+_scan.defvjp(_scan_forward, _scan_backward)

@@ -92,11 +92,13 @@ def selective_scan(
       delta_softplus: apply softplus to delta + delta_bias.
       return_last_state: also return the final state h_L, (batch, channels, state) float32.
       impl: "auto", "reference" (lax.scan over steps, the oracle), "associative" (one
-        lax.associative_scan over the whole sequence), "chunked" (lax.scan over chunks,
-        rematerialised so that only chunk-boundary states are kept for the backward pass),
+        lax.associative_scan over the whole sequence), "chunked" (a loop over chunks of the
+        sequence in its own layout, with a hand-written backward pass that keeps only the
+        chunk-boundary states),
         "pallas" (the fused kernel for the platform), "pallas_tpu" or "pallas_gpu" (that
         kernel). A shape a kernel cannot take runs "chunked" instead, with a one-time warning.
-      chunk_size: chunk length for "chunked" (default 8); ignored by the others.
+      chunk_size: chunk length for "chunked" (default 8: steps unrolled per loop iteration; a
+        length that is not a multiple ends with one shorter chunk); ignored by the others.
       interpret: Pallas only: run the kernel in interpret mode. None (default) interprets
         exactly when JAX's default backend is the CPU; False on a CPU host lowers the kernel for
         its platform (for `.lower(lowering_platforms=...)`); for "pallas_tpu" a
@@ -170,10 +172,13 @@ def selective_scan_core(u, delta, A, B, C, D, z, *, impl, chunk_size):
     A named region of its own so that FLOP counters (sarf_jax.analysis.flops) find every scan
     and charge it the papers' 9·B·L·D·N (+ B·L·D for the D skip, + B·L·D for z gating).
     """
-    kwargs = {"chunk_size": chunk_size} if impl == "chunked" else {}
-    y, last_state = IMPLEMENTATIONS[impl](u, delta, A, B, C, **kwargs)
-    if D is not None:
-        y = y + u * D
+    if impl == "chunked":  # it adds the D skip as it writes y: one pass over y fewer
+        skip = None if D is None else u * D
+        y, last_state = IMPLEMENTATIONS[impl](u, delta, A, B, C, chunk_size=chunk_size, skip=skip)
+    else:
+        y, last_state = IMPLEMENTATIONS[impl](u, delta, A, B, C)
+        if D is not None:
+            y = y + u * D
     if z is not None:
         y = y * jax.nn.silu(z)
     return y, last_state

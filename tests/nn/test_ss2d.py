@@ -147,6 +147,24 @@ def test_odd_grid_keeps_shape_under_jit_and_grad():
         assert np.all(np.isfinite(g[...])) and np.any(g[...] != 0), path
 
 
+def test_bfloat16_compute_passes_u_to_the_scan_unconverted(monkeypatch):
+    """u reaches selective_scan in the compute dtype (the scan computes in float32 itself); the
+    merged scan output is float32 and close to the float32 module's."""
+    import sarf_jax.nn.ss2d as ss2d_module
+
+    seen = []
+    original = ss2d_module.selective_scan
+    monkeypatch.setattr(ss2d_module, "selective_scan", lambda u, *a, **k: seen.append(u.dtype) or original(u, *a, **k))
+    layer = SS2D(16, d_state=1, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 5, 6, 16)), jnp.float32)
+    merged = layer.scan(x)
+    layer.dtype = jnp.bfloat16
+    merged_low = layer.scan(x.astype(jnp.bfloat16))
+    assert seen == [jnp.float32, jnp.bfloat16]
+    assert merged_low.dtype == jnp.float32
+    assert float(jnp.abs(merged_low - merged).max()) < 0.02 * float(jnp.abs(merged).max())
+
+
 @pytest.mark.parametrize(
     "kwargs, field",
     [
