@@ -71,3 +71,34 @@ def test_models_benchmark_prints_a_row_per_model_with_its_overrides():
     row = rows[1]
     assert row["overrides"] == {"depth": "1"} and row["forward_images_per_s"] > 0
     assert row["params"] < 213706  # vit_mini's four blocks, less three
+
+
+def test_models_benchmark_rate_row_compares_useful_compute_with_the_baseline():
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "models.py"),
+            "--models",
+            "vim_mini",
+            "--rate-vs",
+            "vit_mini",
+            "--batch",
+            "2",
+            "--repeats",
+            "1",
+            "--override",
+            "depth=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    models_rows = {row["model"]: row for row in rows if row["bench"] == "model"}
+    assert set(models_rows) == {"vim_mini", "vit_mini"}
+    (rate,) = [row for row in rows if row["bench"] == "rate"]
+    assert (rate["model"], rate["baseline"]) == ("vim_mini", "vit_mini") and rate["rounds"] >= 1
+    assert rate["rate_ratio"] > 0
+    expected = rate["forward_gflops_per_s"] / rate["baseline_forward_gflops_per_s"]
+    assert abs(rate["rate_ratio"] - expected) < 1e-9 * expected

@@ -162,7 +162,7 @@ def test_kernel_in_interpret_mode_matches_mamba_ssm_reference_fixture(load_fixtu
 
 LAYER_SHAPES = {  # (batch, length, channels, state, groups), bf16 inputs
     "vim_s": (2, 197, 768, 16, None),  # Vim-S: d_inner 768, 14x14 patches + class token
-    "vmamba_t": (2, 3136, 768, 1, 4),  # VMamba-T stage 1: 56x56, d_inner 192 x K=4 directions
+    "vmamba_t": (2, 3136, 384, 1, 4),  # VMamba-T stage 0: 56x56, d_inner 96 x K=4 directions
 }
 
 
