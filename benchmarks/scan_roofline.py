@@ -40,7 +40,9 @@ import argparse
 import datetime
 import json
 import math
+import pathlib
 import platform
+import sys
 import time
 import warnings
 
@@ -49,9 +51,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from sarf_jax.analysis import median_seconds
-from sarf_jax.ops import selective_scan
-from sarf_jax.ops.selective_scan import resolve_impl
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from scan_gpu import layer_inputs  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+
+from sarf_jax.analysis import median_seconds  # noqa: E402
+from sarf_jax.ops import selective_scan  # noqa: E402
+from sarf_jax.ops.selective_scan import resolve_impl  # noqa: E402
 
 SHAPE_FIELDS = ("length", "channels", "state", "groups", "gated")
 SHAPES = {
@@ -148,20 +153,8 @@ def exp_ceiling(elements: int, depth: int, repeats: int) -> dict:
 
 
 def scan_inputs(batch, length, channels, state, groups, gated, seed):
-    """One input set: bf16 u, delta, B, C (and z when gated), fp32 A, D, delta_bias."""
-    rng = np.random.default_rng(seed)
-    bf16 = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
-    bc = (batch, length, state) if groups is None else (batch, length, groups, state)
-    return dict(
-        u=bf16(batch, length, channels),
-        delta=bf16(batch, length, channels),
-        A=-jnp.exp(jnp.asarray(rng.standard_normal((channels, state)) * 0.5, jnp.float32)),
-        B=bf16(*bc),
-        C=bf16(*bc),
-        D=jnp.ones((channels,), jnp.float32),
-        z=bf16(batch, length, channels) if gated else None,
-        delta_bias=jnp.asarray(rng.uniform(-4, -2, channels), jnp.float32),
-    )
+    """One input set: scan_gpu.py's layer inputs (bf16 u, delta, B, C, z; fp32 A, D, delta_bias)."""
+    return layer_inputs(batch, length, channels, state, groups, gated=gated, seed=seed)
 
 
 def minimal_bytes(inputs: dict) -> int:

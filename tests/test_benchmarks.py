@@ -47,26 +47,16 @@ def test_accelerator_scan_benchmark_quick_run_prints_every_row():
     assert summary["bench"] == "summary" and summary["pallas_agrees_with_reference"]
 
 
+def models_bench_rows(*args):
+    """JSON rows of benchmarks/models.py at batch 2, one repeat, depth-1 models."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "models.py"), *args]
+    command += ["--batch", "2", "--repeats", "1", "--override", "depth=1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
 def test_models_benchmark_prints_a_row_per_model_with_its_overrides():
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "models.py"),
-            "--models",
-            "vit_mini",
-            "--batch",
-            "2",
-            "--repeats",
-            "1",
-            "--override",
-            "depth=1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    rows = models_bench_rows("--models", "vit_mini")
     assert [row["bench"] for row in rows] == ["machine", "model"]
     row = rows[1]
     assert row["overrides"] == {"depth": "1"} and row["forward_images_per_s"] > 0
@@ -74,27 +64,7 @@ def test_models_benchmark_prints_a_row_per_model_with_its_overrides():
 
 
 def test_models_benchmark_rate_row_compares_useful_compute_with_the_baseline():
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "models.py"),
-            "--models",
-            "vim_mini",
-            "--rate-vs",
-            "vit_mini",
-            "--batch",
-            "2",
-            "--repeats",
-            "1",
-            "--override",
-            "depth=1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    rows = models_bench_rows("--models", "vim_mini", "--rate-vs", "vit_mini")
     models_rows = {row["model"]: row for row in rows if row["bench"] == "model"}
     assert set(models_rows) == {"vim_mini", "vit_mini"}
     (rate,) = [row for row in rows if row["bench"] == "rate"]

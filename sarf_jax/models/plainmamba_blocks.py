@@ -11,28 +11,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sarf_jax.nn.common import DropPath
-from sarf_jax.nn.conv import DepthwiseConv2d
+from sarf_jax.nn.conv import DepthwiseConv2d, torch_conv2d
 from sarf_jax.nn.initializers import torch_default
 from sarf_jax.nn.plainmamba2d import PlainMamba2D
 from sarf_jax.nn.ssm_config import SSMConfig
-
-
-def conv2d(in_features, out_features, kernel, *, stride=1, padding=0, bias=False, dtype, rngs):
-    """torch's Conv2d (default init) with explicit symmetric zero padding."""
-    fan_in = in_features * kernel * kernel
-    return nnx.Conv(
-        in_features,
-        out_features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        use_bias=bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=torch_default(fan_in),
-        bias_init=torch_default(fan_in),
-        rngs=rngs,
-    )
 
 
 def batch_norm(features, *, dtype, rngs):
@@ -81,7 +63,7 @@ class ConvPatchEmbed(nnx.Module):
         dtype,
         rngs: nnx.Rngs,
     ):
-        conv = lambda i, o, k, **kw: conv2d(i, o, k, dtype=dtype, rngs=rngs, **kw)
+        conv = lambda i, o, k, bias=False, **kw: torch_conv2d(i, o, k, bias=bias, dtype=dtype, rngs=rngs, **kw)
         bn = lambda c: batch_norm(c, dtype=dtype, rngs=rngs)
         self.stem = nnx.List([conv(in_chans, stem_channels, 7, stride=2, padding=3), bn(stem_channels), jax.nn.relu])
         self.convs = (

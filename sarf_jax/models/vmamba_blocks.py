@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sarf_jax.nn.common import DropPath, Mlp
-from sarf_jax.nn.initializers import torch_default, trunc_normal
+from sarf_jax.nn.conv import torch_conv2d
+from sarf_jax.nn.initializers import trunc_normal
 from sarf_jax.nn.ss2d import SS2D
 from sarf_jax.nn.ssm_config import SSMConfig
 
@@ -23,25 +24,6 @@ LINEAR_INIT = trunc_normal(0.02)  # VSSM._init_weights: every Linear (biases zer
 def layer_norm(features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
     """LayerNorm as torch's: epsilon 1e-5, exact two-pass variance."""
     return nnx.LayerNorm(features, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
-
-
-def conv(
-    in_features: int, out_features: int, kernel: int, stride: int, padding: int, *, dtype, rngs: nnx.Rngs
-) -> nnx.Conv:
-    """PyTorch Conv2d (with bias, torch default init) with explicit symmetric zero padding
-    (Flax's 'SAME' pads stride-2 convolutions asymmetrically)."""
-    fan_in = in_features * kernel * kernel
-    return nnx.Conv(
-        in_features,
-        out_features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        dtype=dtype,
-        kernel_init=torch_default(fan_in),
-        bias_init=torch_default(fan_in),
-        rngs=rngs,
-    )
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -58,14 +40,18 @@ class PatchEmbed(nnx.Module):
         self.version = version
         if version == "v1":
             self.geometry = [(patch_size, patch_size, 0)]
-            self.conv1 = conv(in_chans, embed_dim, patch_size, patch_size, 0, dtype=dtype, rngs=rngs)
+            self.conv1 = torch_conv2d(in_chans, embed_dim, patch_size, stride=patch_size, dtype=dtype, rngs=rngs)
             self.norm1 = layer_norm(embed_dim, rngs) if patch_norm else None
         else:
             stride = patch_size // 2
             self.geometry = [(stride + 1, stride, 1)] * 2
-            self.conv1 = conv(in_chans, embed_dim // 2, stride + 1, stride, 1, dtype=dtype, rngs=rngs)
+            self.conv1 = torch_conv2d(
+                in_chans, embed_dim // 2, stride + 1, stride=stride, padding=1, dtype=dtype, rngs=rngs
+            )
             self.norm1 = layer_norm(embed_dim // 2, rngs) if patch_norm else None
-            self.conv2 = conv(embed_dim // 2, embed_dim, stride + 1, stride, 1, dtype=dtype, rngs=rngs)
+            self.conv2 = torch_conv2d(
+                embed_dim // 2, embed_dim, stride + 1, stride=stride, padding=1, dtype=dtype, rngs=rngs
+            )
             self.norm2 = layer_norm(embed_dim, rngs) if patch_norm else None
 
     def output_size(self, size: int) -> int:
@@ -96,7 +82,7 @@ class Downsample(nnx.Module):
             )
         else:
             kernel, padding = (3, 1) if version == "v3" else (2, 0)
-            self.conv = conv(dim, out_dim, kernel, 2, padding, dtype=dtype, rngs=rngs)
+            self.conv = torch_conv2d(dim, out_dim, kernel, stride=2, padding=padding, dtype=dtype, rngs=rngs)
             self.norm = layer_norm(out_dim, rngs)
 
     def output_size(self, size: int) -> int:

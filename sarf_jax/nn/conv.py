@@ -79,3 +79,22 @@ def depthwise_conv2d(x, kernel, bias):
     rows = [padded[:, i : i + height] for i in range(taps)]
     y = sum(row[:, :, j : j + width] * kernel[i, j, 0] for i, row in enumerate(rows) for j in range(taps))
     return y if bias is None else y + bias
+
+
+def torch_conv2d(in_features, out_features, kernel, *, stride=1, padding=0, bias=True, dtype=None, rngs):
+    """PyTorch's Conv2d: its default init, explicit symmetric zero padding (Flax's 'SAME' pads
+    stride-2 convolutions asymmetrically), float32 parameters."""
+    fan_in = in_features * kernel * kernel
+    return nnx.Conv(
+        in_features,
+        out_features,
+        (kernel, kernel),
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        use_bias=bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=torch_default(fan_in),
+        bias_init=torch_default(fan_in),
+        rngs=rngs,
+    )
