@@ -308,20 +308,12 @@ VARIANTS = {
         layers_with_dwconv=(0,),
         stem_channels=32,
     ),
-    # The paper's conditions: as plainmamba_mini with 8 layers, so that `paper_like=hybrid_*` or
-    # `schedual_*` puts its 4-6 sites one grid row apart (14→13→…→8) as STORM's PlainMamba tables
-    # do on the 14x14 grid of PlainMamba-L at 224 px.
-    "plainmamba_paper_mini": dict(
-        patch_size=2,
-        embed_dim=48,
-        depth=8,
-        expand=1,
-        d_state=8,
-        num_convs_patch_embed=0,
-        layers_with_dwconv=(0,),
-        stem_channels=32,
-    ),
 }
+# The paper's conditions: as plainmamba_mini with 8 layers, so that `paper_like=hybrid_*` or
+# `schedual_*` puts its 4-6 sites one grid row apart (14→13→…→8) as STORM's PlainMamba tables
+# do on the 14x14 grid of PlainMamba-L at 224 px.
+VARIANTS["plainmamba_paper_mini"] = dict(VARIANTS["plainmamba_mini"], depth=8)
+
 
 for _name, _kwargs in VARIANTS.items():
     register(_name, PlainMamba, **_kwargs)

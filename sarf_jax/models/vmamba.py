@@ -279,14 +279,12 @@ VARIANTS = {
     "vmamba_mini": dict(
         RELEASED, depths=(2, 2, 2), dims=32, ssm_ratio=1.0, patch_size=2, patchembed_version="v1", drop_path_rate=0.0
     ),
-    # The paper's conditions on 28x28 inputs: most blocks in one stage on a 14x14 grid, where each
-    # of `paper_like=hybrid_*`'s sites removes one row and column (14→13→12→11→10→9, 14-17% of the
-    # tokens per site, as 56→52 and 12→11→…→8 do in VMamba-T at 224 px); two stages, since a third
-    # halving would leave grids (4x4) too small for such steps. Blocks as released (v05_noz SS2D,
-    # MLP ratio 4, v3 downsample).
-    "vmamba_paper_mini": dict(
-        RELEASED, depths=(6, 2), dims=32, ssm_ratio=1.0, patch_size=2, patchembed_version="v1", drop_path_rate=0.0
-    ),
 }
+# The paper's conditions on 28x28 inputs: most blocks in one stage on a 14x14 grid, where each
+# of `paper_like=hybrid_*`'s sites removes one row and column (14→13→12→11→10→9, 14-17% of the
+# tokens per site, as 56→52 and 12→11→…→8 do in VMamba-T at 224 px); two stages, since a third
+# halving would leave grids (4x4) too small for such steps. Blocks as released (v05_noz SS2D,
+# MLP ratio 4, v3 downsample).
+VARIANTS["vmamba_paper_mini"] = dict(VARIANTS["vmamba_mini"], depths=(6, 2))
 for _name, _kwargs in VARIANTS.items():
     register(_name, VMamba, **_kwargs)
