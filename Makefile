@@ -1,6 +1,8 @@
 # make test: set up .venv (Python >= 3.12, found by tools/find_python.sh) and run the test suite.
 # make train: get Fashion-MNIST (Debian's dataset-fashion-mnist) if missing, train configs/default.py
-#             in $(WORKDIR) and evaluate it on the test set (a second run resumes / re-evaluates).
+#             in $(WORKDIR), evaluate it on the test set, then evaluate it dense and under SARF and the
+#             ViT methods (configs/sweeps/default.py) into $(WORKDIR)/results.md and the plot
+#             (a second run resumes / re-evaluates). TRAIN_ARGS: extra train.py flags.
 # make reproduce: train the four *_mini models on Fashion-MNIST, run the reduction sweeps on each
 #             (training-free), fine-tune one with SARF active, and write results/ (tools/reproduce.py).
 # make lint: ruff check and ruff format --check (configured in pyproject.toml), as CI runs them.
@@ -11,6 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/default
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+TRAIN_ARGS ?=
 
 .PHONY: test lint train reproduce bench venv clean
 
@@ -33,7 +36,8 @@ lint: $(STAMP)
 
 train: $(STAMP)
 	@FMNIST_DIR=$(FMNIST_DIR) sh tools/get_fashion_mnist.sh
-	$(PY) train.py --config configs/default.py --workdir $(WORKDIR) --config.data.dir=$(FMNIST_DIR)
+	$(PY) train.py --config configs/default.py --workdir $(WORKDIR) --config.data.dir=$(FMNIST_DIR) $(TRAIN_ARGS)
+	$(PY) eval.py --workdir $(WORKDIR) --sweep configs/sweeps/default.py --weights ema
 
 reproduce: $(STAMP)
 	@FMNIST_DIR=$(FMNIST_DIR) sh tools/get_fashion_mnist.sh

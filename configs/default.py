@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "vit_mini"
+    config.model.name = "vmamba_mini"
     config.model.overrides = ml_collections.ConfigDict(dict(patch_size=4))  # constructor arguments
     config.init_from = ""  # a model directory (save_pretrained / convert) or a training workdir
     config.reduction = "none"  # reduction active in training and eval, e.g. "sarf_tome:keep=0.6"
@@ -35,17 +35,17 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.batch_size = 64  # global, over all hosts and devices
     config.eval_batch_size = 500
-    config.total_steps = 900
+    config.total_steps = 3500
     config.grad_accum_steps = 1
     config.optimizer = ml_collections.ConfigDict(
-        dict(lr=2e-3, min_lr=1e-5, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0)
+        dict(lr=3e-3, min_lr=1e-5, warmup_steps=100, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8, grad_clip=1.0)
     )
     config.label_smoothing = 0.1
     config.ema_decay = 0.99  # 0: no EMA
     config.dtype = "float32"  # compute dtype; "bfloat16" on accelerators
 
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    config.checkpoint_every = 300
+    config.checkpoint_every = 500
     config.keep_checkpoints = 3
     config.log_every = 50
     config.eval_every = 0  # 0: evaluate at the end only

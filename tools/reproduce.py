@@ -56,6 +56,7 @@ def train_command(args, name: str, workdir: pathlib.Path, steps: int, *extra: st
         f"--config.model.name={name}",
         "--config.model.overrides.patch_size=2",
         f"--config.total_steps={steps}",
+        "--config.optimizer.lr=2e-3",  # results/reproduce.md's runs (configs/default.py now uses 3e-3)
         f"--config.data.dir={args.data_dir}",
         "--config.progress_bar=False",
         *extra,

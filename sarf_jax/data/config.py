@@ -16,6 +16,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     data.eval_split = "test"
     data.image_size = 28
     data.train_crop = "pad_crop"  # pad_crop | random_resized_crop | resize
+    data.crop_min_scale = 0.08  # random_resized_crop: smallest area fraction (ImageNet's 0.08)
     data.pad = 2
     data.flip = True
     data.randaugment = ""  # e.g. "2,9": 2 ops at magnitude 9

@@ -59,13 +59,14 @@ class TrainTransform:
     pad: int = 2
     flip: bool = True
     randaugment: tuple[int, float] | None = None
+    crop_min_scale: float = 0.08
 
     def __call__(self, example: dict, rng: np.random.Generator) -> dict:
         image = example["image"]
         if self.crop == "pad_crop":
             image = augment.pad_random_crop(image, self.image_size, self.pad, rng)
         elif self.crop == "random_resized_crop":
-            image = augment.random_resized_crop(image, self.image_size, rng)
+            image = augment.random_resized_crop(image, self.image_size, rng, scale=(self.crop_min_scale, 1.0))
         else:
             image = augment.resize(image, self.image_size, self.image_size)
         if self.flip and rng.random() < 0.5:
@@ -122,6 +123,7 @@ def train_transform(data_config) -> TrainTransform:
         data_config.pad,
         data_config.flip,
         parse_randaugment(data_config.randaugment),
+        data_config.get("crop_min_scale", 0.08),
     )
 
 
