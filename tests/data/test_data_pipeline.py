@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from sarf_jax.data import augment, eval_iterator, mixup_cutmix, train_iterator
-from sarf_jax.data.pipeline import parse_randaugment
+from sarf_jax.data.pipeline import TrainTransform, parse_randaugment
 from sarf_jax.data.sources import ArraySource
 
 
@@ -104,6 +104,17 @@ def test_train_crops_and_randaugment_keep_shape_and_are_seeded():
     assert parse_randaugment("2,9") == (2, 9.0) and parse_randaugment("") is None
     with pytest.raises(ValueError, match=r"config.data.randaugment"):
         parse_randaugment("nine")
+
+
+def test_crop_min_scale_bounds_the_random_resized_crop_area():
+    image = np.random.default_rng(1).integers(0, 256, (16, 16, 1), dtype=np.uint8)
+    whole = TrainTransform(16, "random_resized_crop", flip=False, crop_min_scale=1.0)
+    for seed in range(5):  # the whole image (any aspect other than 1 does not fit), resized to itself
+        out = whole({"image": image, "label": 0}, np.random.default_rng(seed))["image"]
+        np.testing.assert_array_equal(out, image)
+    default = TrainTransform(16, "random_resized_crop", flip=False)
+    outs = [default({"image": image, "label": 0}, np.random.default_rng(seed))["image"] for seed in range(5)]
+    assert any(not np.array_equal(out, image) for out in outs)
 
 
 @pytest.mark.parametrize("mixup_alpha, cutmix_alpha", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])

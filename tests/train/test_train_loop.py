@@ -130,6 +130,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference, tmp_path, monk
         ("reduction", "sarf_tome:hybrid_2p1", r"config.reduction='sarf_tome:hybrid_2p1': schedule 'hybrid_2p1' exists"),
         ("reduction", "sarf_tome:keep=0.5", r"config.reduction='sarf_tome:keep=0.5': schedule: sites=0 but"),
         ("profile_steps", -1, r"config.profile_steps = -1 is invalid: must be a non-negative int"),
+        ("data.crop_min_scale", 0.0, r"config.data.crop_min_scale = 0.0 is invalid: must be in \(0, 1\]"),
     ],
 )
 def test_bad_config_raises_one_clear_error_and_writes_nothing(tmp_path, field, value, message):
