@@ -67,9 +67,7 @@ def validate(config) -> None:
     _require(config.dtype in DTYPES, "dtype", config.dtype, f"one of {DTYPES}")
     data = config.data
     _require(_positive_int(data.image_size), "data.image_size", data.image_size, "a positive int")
-    _require(
-        0 < data.crop_min_scale <= 1, "data.crop_min_scale", data.crop_min_scale, "in (0, 1] (an area fraction)"
-    )
+    _require(0 < data.crop_min_scale <= 1, "data.crop_min_scale", data.crop_min_scale, "in (0, 1] (an area fraction)")
     _require(data.mixup_alpha >= 0, "data.mixup_alpha", data.mixup_alpha, ">= 0 (0: off)")
     _require(data.cutmix_alpha >= 0, "data.cutmix_alpha", data.cutmix_alpha, ">= 0 (0: off)")
     _require(0 < data.eval_crop_pct <= 1, "data.eval_crop_pct", data.eval_crop_pct, "in (0, 1]")

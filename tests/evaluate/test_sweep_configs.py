@@ -11,6 +11,7 @@ SWEEP_MODELS = {
     "vmamba_paper": [("vmamba_tiny", 224, 3), ("vmamba_base", 224, 3)],
     "plainmamba_paper": [("plainmamba_l3", 224, 3)],
     "mini": [(name, 28, 1) for name in ("vmamba_mini", "plainmamba_mini", "vim_mini", "vit_mini")],
+    "default": [("vmamba_mini", 28, 1, {"patch_size": 4})],  # configs/default.py's model
 }
 
 
@@ -20,9 +21,12 @@ def test_sweep_specs_resolve_on_their_models_and_cover_the_paper_methods(sweep):
     specs = [reduction.parse_spec(text) for text in texts]
     assert specs[0] is None and len(set(texts)) == len(texts)
     assert {"sarf_tome", "sarf_evit", "evit", "tome"} <= {s.method for s in specs[1:]}
-    for name, img_size, in_chans in SWEEP_MODELS[sweep]:
+    for name, img_size, in_chans, *overrides in SWEEP_MODELS[sweep]:
+        kwargs = overrides[0] if overrides else {}
         model = nnx.eval_shape(
-            lambda: models.create(name, num_classes=10, img_size=img_size, in_chans=in_chans, rngs=nnx.Rngs(0))
+            lambda: models.create(
+                name, num_classes=10, img_size=img_size, in_chans=in_chans, rngs=nnx.Rngs(0), **kwargs
+            )
         )
         for spec in specs[1:]:
             sites = model.reduction_sites(spec)
