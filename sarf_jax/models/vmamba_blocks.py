@@ -13,6 +13,7 @@ from flax import nnx
 from sarf_jax.nn.common import DropPath, Mlp
 from sarf_jax.nn.conv import torch_conv2d
 from sarf_jax.nn.initializers import trunc_normal
+from sarf_jax.nn.norm import LayerNorm
 from sarf_jax.nn.ss2d import SS2D
 from sarf_jax.nn.ssm_config import SSMConfig
 
@@ -21,9 +22,9 @@ DOWNSAMPLE_VERSIONS = ("v1", "v2", "v3")
 LINEAR_INIT = trunc_normal(0.02)  # VSSM._init_weights: every Linear (biases zero)
 
 
-def layer_norm(features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """LayerNorm as torch's: epsilon 1e-5, exact two-pass variance."""
-    return nnx.LayerNorm(features, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
+def layer_norm(features: int, rngs: nnx.Rngs) -> LayerNorm:
+    """LayerNorm as torch's: epsilon 1e-5, exact two-pass variance (closed-form backward)."""
+    return LayerNorm(features, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -49,6 +49,7 @@ from flax import nnx
 from sarf_jax.nn.checks import check_positive_ints
 from sarf_jax.nn.conv import DepthwiseConv2d
 from sarf_jax.nn.initializers import torch_default
+from sarf_jax.nn.norm import LayerNorm
 from sarf_jax.nn.ssm_config import SSMConfig
 from sarf_jax.ops import selective_scan
 
@@ -139,9 +140,7 @@ class SS2D(nnx.Module):
         self.dt_projs_bias = nnx.Param(ssm.dt_bias(rngs.params(), (K, d_inner)))
         self.A_logs = nnx.Param(ssm.A_log(K * d_inner))
         self.Ds = nnx.Param(jnp.ones((K * d_inner,), jnp.float32))
-        self.out_norm = nnx.LayerNorm(
-            d_inner, epsilon=1e-5, use_fast_variance=False, param_dtype=jnp.float32, rngs=rngs
-        )
+        self.out_norm = LayerNorm(d_inner, epsilon=1e-5, use_fast_variance=False, param_dtype=jnp.float32, rngs=rngs)
         self.out_proj = linear(d_inner, d_model)
 
     def __call__(self, x: jax.Array) -> jax.Array:

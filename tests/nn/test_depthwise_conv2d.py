@@ -58,3 +58,19 @@ def test_flops_are_k_squared_per_output_element():
 def test_even_kernel_is_rejected():
     with pytest.raises(ValueError, match="kernel_size must be a positive odd int, got 4"):
         DepthwiseConv2d(6, 4, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_gradients_without_bias_match_xla_in_each_dtype(dtype):
+    rng = np.random.default_rng(3)
+    x, kernel, cotangent = (
+        jnp.asarray(rng.standard_normal(s), dtype) for s in [(2, 13, 11, 4), (3, 3, 1, 4), (2, 13, 11, 4)]
+    )
+    loss = lambda f: lambda x, k: jnp.vdot(f(x, k).astype(jnp.float32), cotangent.astype(jnp.float32))
+    ours = jax.grad(loss(lambda x, k: depthwise_conv2d(x, k, None)), argnums=(0, 1))(x, kernel)
+    up = lambda t: t.astype(jnp.float32)
+    reference = jax.grad(loss(lambda x, k: xla_depthwise(up(x), up(k), 0.0)), argnums=(0, 1))(x, kernel)
+    tolerance = 1e-5 if dtype == jnp.float32 else 3e-2
+    for a, b in zip(ours, reference):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(up(a), b, rtol=tolerance, atol=tolerance * float(jnp.abs(b).max()))
