@@ -13,6 +13,7 @@ from flax import nnx
 from sarf_jax.nn.common import DropPath
 from sarf_jax.nn.conv import DepthwiseConv2d, torch_conv2d
 from sarf_jax.nn.initializers import torch_default
+from sarf_jax.nn.norm import LayerNorm
 from sarf_jax.nn.plainmamba2d import PlainMamba2D
 from sarf_jax.nn.ssm_config import SSMConfig
 
@@ -25,7 +26,8 @@ def batch_norm(features, *, dtype, rngs):
 
 
 def layer_norm(features, epsilon, *, dtype, rngs, affine=True):
-    return nnx.LayerNorm(
+    """torch's LayerNorm (two-pass variance); nn.LayerNorm differentiates it in closed form."""
+    return LayerNorm(
         features,
         epsilon=epsilon,
         use_fast_variance=False,

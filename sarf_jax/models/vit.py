@@ -24,13 +24,13 @@ from sarf_jax.models.common import (
     resize_pos_embed_with_class_token,
 )
 from sarf_jax.models.registry import register
-from sarf_jax.nn import DropPath, Mlp
+from sarf_jax.nn import DropPath, LayerNorm, Mlp
 from sarf_jax.reduction import placement
 from sarf_jax.reduction.restore import restore_taps
 
 
-def layer_norm(dim: int, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(dim, epsilon=1e-6, use_fast_variance=False, dtype=dtype, rngs=rngs)
+def layer_norm(dim: int, dtype, rngs: nnx.Rngs) -> LayerNorm:
+    return LayerNorm(dim, epsilon=1e-6, use_fast_variance=False, dtype=dtype, rngs=rngs)
 
 
 def linear(fan_in: int, fan_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
