@@ -123,7 +123,7 @@ def train_transform(data_config) -> TrainTransform:
         data_config.pad,
         data_config.flip,
         parse_randaugment(data_config.randaugment),
-        data_config.get("crop_min_scale", 0.08),
+        data_config.crop_min_scale,
     )
 
 

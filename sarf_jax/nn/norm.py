@@ -18,12 +18,14 @@ over the last axis; any other setting (other dtypes, masks, axis names) runs fla
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 
-@jax.custom_vjp
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
     """LayerNorm over the last axis of a float32 `x`, with (features,) `scale` and `bias`."""
     return _forward(x, scale, bias, epsilon)[0]
@@ -37,14 +39,14 @@ def _forward(x, scale, bias, epsilon):
     return y, (centred * inverse_std, inverse_std, scale)
 
 
-def _backward(residuals, dy):
+def _backward(epsilon, residuals, dy):
     normalised, inverse_std, scale = residuals
     batch_axes = tuple(range(dy.ndim - 1))
     g = dy * scale
     mean_g = jnp.mean(g, axis=-1, keepdims=True)
     mean_g_normalised = jnp.mean(g * normalised, axis=-1, keepdims=True)
     dx = inverse_std * (g - mean_g - normalised * mean_g_normalised)
-    return dx, jnp.sum(dy * normalised, axis=batch_axes), jnp.sum(dy, axis=batch_axes), None
+    return dx, jnp.sum(dy * normalised, axis=batch_axes), jnp.sum(dy, axis=batch_axes)
 
 
 layer_norm.defvjp(_forward, _backward)

@@ -21,6 +21,7 @@ def config(**fields):
     base = dict(
         image_size=8,
         train_crop="pad_crop",
+        crop_min_scale=0.08,
         pad=1,
         flip=True,
         randaugment="",
