@@ -3,8 +3,9 @@
 #             in $(WORKDIR), evaluate it on the test set, then evaluate it dense and under SARF and the
 #             ViT methods (configs/sweeps/default.py) into $(WORKDIR)/results.md and the plot
 #             (a second run resumes / re-evaluates). TRAIN_ARGS: extra train.py flags.
-# make reproduce: train the four *_mini models on Fashion-MNIST, run the reduction sweeps on each
-#             (training-free), fine-tune one with SARF active, and write results/ (tools/reproduce.py).
+# make reproduce: train the two paper-like minis (14x14 grids) on Fashion-MNIST, run the
+#             paper-like reduction sweeps on each (training-free), fine-tune VMamba with SARF
+#             active, and write results/ (tools/reproduce.py).
 # make lint: ruff check and ruff format --check (configured in pyproject.toml), as CI runs them.
 # make bench: run the benchmarks in benchmarks/ (JSON lines on stdout).
 

@@ -50,7 +50,13 @@ from sarf_jax import models, reduction
 
 KINDS = ("scan", "depthwise_conv", "reduction", "norm", "matmul", "layout", "elementwise", "other")
 # name -> (img_size, in_chans, batch): the configurations the CPU results quote
-CONFIGS = {"vmamba_tiny": (224, 3, 8), "vmamba_mini": (28, 1, 64)}
+CONFIGS = {
+    "vmamba_tiny": (224, 3, 8),
+    "vmamba_mini": (28, 1, 64),
+    "vmamba_paper_mini": (28, 1, 64),
+    "plainmamba_paper_mini": (28, 1, 64),
+}
+DEFAULT_MODELS = ("vmamba_tiny", "vmamba_mini")
 LAYOUT_OPCODES = {
     "transpose", "copy", "concatenate", "pad", "slice", "dynamic-slice", "dynamic-update-slice", "reshape",
     "bitcast", "broadcast", "gather", "reverse", "iota", "constant", "parameter", "tuple", "get-tuple-element",
@@ -276,7 +282,7 @@ def machine() -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS), choices=list(CONFIGS))
     parser.add_argument("--img-size", type=int, default=None, help="instead of the model's configuration")
     parser.add_argument("--batch", type=int, default=None, help="instead of the model's configuration")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps per pass")

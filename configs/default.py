@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "vmamba_mini"
     config.model.overrides = ml_collections.ConfigDict(dict(patch_size=4))  # constructor arguments
     config.init_from = ""  # a model directory (save_pretrained / convert) or a training workdir
+    config.init_from_weights = "params"  # "ema": a training workdir's EMA weights
     config.reduction = "none"  # reduction active in training and eval, e.g. "sarf_tome:keep=0.6"
 
     config.data = default_data_config()  # sarf_jax/data/config.py: every data field and its default

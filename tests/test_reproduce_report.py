@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import types
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("reproduce", ROOT / "tools" / "reproduce.py")
@@ -35,11 +36,10 @@ def entries(dense_top1, sarf_top1, evit_top1):
 
 
 def report():
-    run = lambda *top1: {"train": {}, "meta": {}, "entries": entries(*top1)}
+    run = lambda *top1: {"train": {}, "meta": {}, "entries": entries(*top1), "steps": 4}
     return {
         "date": "2026-11-26",
         "machine": "test machine",
-        "steps": 5,
         "timings_s": {"train a": 60.0},
         "total_s": 120.0,
         "runs": {"vmamba_mini": run(0.8, 0.79, 0.5), "vit_mini": run(0.7, 0.69, 0.6)},
@@ -64,3 +64,21 @@ def test_tables_put_each_method_in_its_column_with_its_drop():
 def test_plot_has_one_panel_per_backbone(tmp_path):
     reproduce.plot(report(), tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_dense_training_line_names_the_steps_of_each_backbone():
+    assert "vmamba_mini 4 steps, vit_mini 4 steps of batch 64 at 28 px" in reproduce.markdown(report())
+
+
+def test_finetuning_picks_the_sarf_tome_budget_that_lost_the_most():
+    rows = entries(0.8, 0.79, 0.5) + [dict(entries(0.8, 0.6, 0.5)[1], reduction="sarf_tome:keep=0.3", top1_drop=0.2)]
+    assert reproduce.most_lost(rows) == "sarf_tome:keep=0.3"
+
+
+def test_train_command_uses_the_paper_mini_config():
+    args = types.SimpleNamespace(steps=None, data_dir="/data")
+    command = reproduce.train_command(args, "vmamba_paper_mini", pathlib.Path("w"), "--config.init_from=v")
+    assert "configs/paper_mini.py:vmamba_paper_mini" in command and not any("total_steps" in a for a in command)
+    assert command[-1] == "--config.init_from=v"
+    args.steps = 7
+    assert "--config.total_steps=7" in reproduce.train_command(args, "vmamba_paper_mini", pathlib.Path("w"))

@@ -1,11 +1,12 @@
 r"""`make reproduce`: the paper's experiment at Fashion-MNIST scale, on this machine, end to end.
 
-1. Train vmamba_mini, plainmamba_mini, vim_mini and vit_mini densely (no reduction) on
-   Fashion-MNIST, 14x14 token grids (patch 2), `--steps` steps of batch 64 each (train.py).
-2. Run the keep-ratio sweep (configs/sweeps/mini.py) on each, training-free, EMA weights (eval.py).
-3. Beyond the paper: continue the `--finetune_model` run for `--finetune_steps` with
-   `--finetune_reduction` active, and, as the control, for as many steps with no reduction (more
-   training alone also moves accuracy); sweep both again.
+1. Train the paper-like minis (`vmamba_paper_mini`, `plainmamba_paper_mini`: their heaviest
+   stage on a 14x14 grid) densely on Fashion-MNIST with configs/paper_mini.py (train.py).
+2. Run the paper-like sweep (configs/sweeps/paper_mini.py: dense, EViT, ToMe, SARF-EViT and
+   SARF-ToMe at `paper_like=hybrid_1p1/2p1/3p1`) on each, training-free, EMA weights (eval.py).
+3. Beyond the paper: continue the `--finetune_model` run for `--finetune_steps` with a reduction
+   active (default: the SARF-ToMe budget that lost the most in step 2), and, as the control, for
+   as many steps with no reduction (more training alone also moves accuracy); sweep both again.
 4. Collect everything into OUT/reproduce.json, OUT/reproduce.md (tables) and
    OUT/accuracy_vs_gflops.png (one panel per backbone), with the date, machine and timings.
 
@@ -13,7 +14,7 @@ Every step is the user-facing command, printed before it runs; a rerun resumes (
 from its checkpoints, eval.py skips finished entries).
 
     python tools/reproduce.py [--workdir=runs/reproduce] [--out=results] [--data_dir=DIR]
-                              [--models=vmamba_mini,vit_mini] [--steps=500] [--report_only]
+                              [--models=vmamba_paper_mini] [--steps=N] [--report_only]
 
 `--help` lists every flag. A bad flag prints one line on stderr and exits with status 2.
 """
@@ -33,7 +34,7 @@ import time
 from absl import flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-MODELS = ("vmamba_mini", "plainmamba_mini", "vim_mini", "vit_mini")
+MODELS = ("vmamba_paper_mini", "plainmamba_paper_mini")  # configs/paper_mini.py's
 METHODS = ("evit", "tome", "sarf_evit", "sarf_tome")  # table columns, the paper's order
 
 
@@ -45,22 +46,29 @@ def run(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def train_command(args, name: str, workdir: pathlib.Path, steps: int, *extra: str) -> list[str]:
+def train_command(args, name: str, workdir: pathlib.Path, *extra: str) -> list[str]:
+    """train.py with configs/paper_mini.py for `name`; --steps overrides its steps."""
     return [
         sys.executable,
         "train.py",
         "--config",
-        "configs/default.py",
+        f"configs/paper_mini.py:{name}",
         "--workdir",
         str(workdir),
-        f"--config.model.name={name}",
-        "--config.model.overrides.patch_size=2",
-        f"--config.total_steps={steps}",
-        "--config.optimizer.lr=2e-3",  # results/reproduce.md's runs (configs/default.py now uses 3e-3)
         f"--config.data.dir={args.data_dir}",
         "--config.progress_bar=False",
+        *([f"--config.total_steps={args.steps}"] if args.steps else []),
         *extra,
     ]
+
+
+def training_steps(workdir: pathlib.Path) -> int:
+    return json.loads((workdir / "config.json").read_text())["total_steps"]
+
+
+def most_lost(entries: list[dict], method: str = "sarf_tome") -> str:
+    """The reduction of `method` whose top-1 fell the most."""
+    return max((e for e in entries if e["method"] == method), key=lambda e: e["top1_drop"])["reduction"]
 
 
 def eval_command(args, workdir: pathlib.Path, reductions: list[str] | None = None) -> list[str]:
@@ -91,7 +99,7 @@ def markdown(report: dict) -> str:
 
     lines = [
         f"Fashion-MNIST test set (10,000 images), EMA weights, {report['machine']}, {report['date']}.",
-        f"Dense training: {report['steps']} steps of batch 64; reductions applied training-free.",
+        f"Dense training (configs/paper_mini.py): {describe_training(report)}; reductions applied training-free.",
         "",
         *report_lib.comparison_table(ema_runs(report), METHODS),
         "",
@@ -103,6 +111,11 @@ def markdown(report: dict) -> str:
         f"Total: {report['total_s'] / 60:.1f} min.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def describe_training(report: dict) -> str:
+    steps = ", ".join(f"{name} {run_['steps']} steps" for name, run_ in report["runs"].items())
+    return f"{steps} of batch 64 at 28 px"
 
 
 def plot(report: dict, path: pathlib.Path) -> None:
@@ -130,11 +143,15 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "results", "Where reproduce.json, reproduce.md and the plot go (under the repository).")
     flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist", "Fashion-MNIST IDX files.")
     flags.DEFINE_list("models", list(MODELS), f"Backbones to train and sweep, a comma-separated subset of {MODELS}.")
-    flags.DEFINE_integer("steps", 500, "Dense training steps per backbone.", lower_bound=1)
-    flags.DEFINE_string("sweep", "configs/sweeps/mini.py", "Sweep file run on every trained backbone.")
-    flags.DEFINE_string("finetune_model", "vmamba_mini", "Backbone fine-tuned with SARF active ('' skips fine-tuning).")
-    flags.DEFINE_integer("finetune_steps", 200, "Fine-tuning steps (SARF and the dense control).", lower_bound=1)
-    flags.DEFINE_string("finetune_reduction", "sarf_tome:keep=0.35,sites=2", "Reduction active while fine-tuning.")
+    flags.DEFINE_integer("steps", None, "Dense training steps (default: configs/paper_mini.py's).", lower_bound=1)
+    flags.DEFINE_string("sweep", "configs/sweeps/paper_mini.py", "Sweep file run on every trained backbone.")
+    flags.DEFINE_string(
+        "finetune_model", "vmamba_paper_mini", "Backbone fine-tuned with a reduction active ('' skips fine-tuning)."
+    )
+    flags.DEFINE_integer("finetune_steps", 500, "Fine-tuning steps (with the reduction, and dense).", lower_bound=1)
+    flags.DEFINE_string(
+        "finetune_reduction", "auto", "Reduction active while fine-tuning (auto: the SARF-ToMe budget that lost most)."
+    )
     flags.DEFINE_bool("report_only", False, "Rewrite the .md and .png from OUT/reproduce.json.")
     flags.register_validator(
         "models",
@@ -158,21 +175,24 @@ def main(argv) -> None:
     start = time.perf_counter()
     timings, runs = {}, {}
     for name in args.models:
-        timings[f"train {name}"] = run(train_command(args, name, workdir / name, args.steps))
+        timings[f"train {name}"] = run(train_command(args, name, workdir / name))
         timings[f"sweep {name}"] = run(eval_command(args, workdir / name))
         runs[name] = collect_run(ROOT / workdir / name)
+        runs[name]["steps"] = training_steps(ROOT / workdir / name)
     finetune = {}
     if args.finetune_model:
         name = args.finetune_model
-        for label, reduction in (("dense", "none"), ("sarf", args.finetune_reduction)):
+        chosen = most_lost(runs[name]["entries"]) if args.finetune_reduction == "auto" else args.finetune_reduction
+        for label, reduction in (("dense", "none"), ("sarf", chosen)):
             target = workdir / f"{name}_finetune_{label}"
             timings[f"finetune {label}"] = run(
                 train_command(
                     args,
                     name,
                     target,
-                    args.finetune_steps,
                     f"--config.init_from={workdir / name}",
+                    "--config.init_from_weights=ema",
+                    f"--config.total_steps={args.finetune_steps}",
                     f"--config.reduction={reduction}",
                     "--config.optimizer.lr=5e-4",
                     "--config.optimizer.warmup_steps=20",
@@ -184,7 +204,6 @@ def main(argv) -> None:
     report = {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
-        "steps": args.steps,
         "command": "make reproduce",
         "sweep": args.sweep,
         "timings_s": timings,
@@ -215,7 +234,7 @@ def finetune_markdown(report: dict) -> str:
     schedules = list(report_lib.by_schedule(report["runs"][name]["entries"])[1])
     lines = [
         "",
-        f"Reduction-aware fine-tuning of {name}: {finetune['steps']} more steps from the dense run, "
+        f"Reduction-aware fine-tuning of {name}: {finetune['steps']} more steps from the dense run's EMA weights, "
         f"with `{finetune['sarf']['reduction']}` active (SARF) or no reduction (control); top-1 (%) "
         "with no reduction and with sarf_tome at each schedule:",
         "",

@@ -6,7 +6,7 @@ the start of `make reproduce` v2's sweep.
 `paper_like=hybrid_Np1` gives each site the fraction of tokens that the official VMamba-T table
 keeps at its site. On the minis' 14x14 grid those are one-row steps: 14→13→12→11→10 (and →9)
 for the first two budgets, 14→12→… for the third. GFLOPs saved (sarf_tome; EViT and ToMe reach
-the same grids): vmamba_paper_mini 27%, 33%, 45%; plainmamba_paper_mini 23%, 31%, 39%.
+the same grids), as registered: vmamba_paper_mini 27%, 33%, 45%; plainmamba_paper_mini 23%, 31%, 39%.
 """
 
 import ml_collections

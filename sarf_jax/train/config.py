@@ -8,6 +8,7 @@ Unknown keys are rejected earlier, by the locked ConfigDict that train.py loads.
 from __future__ import annotations
 
 DTYPES = ("float32", "bfloat16")
+INIT_WEIGHTS = ("params", "ema")
 
 
 def _require(condition: bool, field: str, value, valid: str) -> None:
@@ -65,6 +66,12 @@ def validate(config) -> None:
     _require(0 <= config.label_smoothing < 1, "label_smoothing", config.label_smoothing, "in [0, 1)")
     _require(0 <= config.ema_decay < 1, "ema_decay", config.ema_decay, "in [0, 1) (0: no EMA)")
     _require(config.dtype in DTYPES, "dtype", config.dtype, f"one of {DTYPES}")
+    _require(
+        config.init_from_weights in INIT_WEIGHTS,
+        "init_from_weights",
+        config.init_from_weights,
+        f"one of {INIT_WEIGHTS} (ema: a training workdir's EMA weights)",
+    )
     data = config.data
     _require(_positive_int(data.image_size), "data.image_size", data.image_size, "a positive int")
     _require(0 < data.crop_min_scale <= 1, "data.crop_min_scale", data.crop_min_scale, "in (0, 1] (an area fraction)")

@@ -93,6 +93,11 @@ def prepare(config, devices=None):
             f"config.init_from={config.init_from!r} has no model.json (expected a model "
             "directory from save_pretrained / sarf_jax.convert, or a training workdir)"
         )
+    if config.init_from and config.init_from_weights == "ema" and checkpoints.is_model_directory(config.init_from):
+        raise ValueError(
+            f"config.init_from_weights='ema' needs a training workdir, but config.init_from={config.init_from!r} "
+            "is a model directory (one set of weights); use init_from_weights='params'"
+        )
     return mesh, train_source, eval_source, recipe
 
 
@@ -120,8 +125,12 @@ def restore_or_initialize(checkpointer: Checkpointer, state: dict, parts: ModelP
         log_on_first_process(f"resumed from step {restored_step}")
         return restored
     if config.init_from:
-        state = load_initial_params(state, parts, config.init_from)
-    log_on_first_process("starting from scratch")
+        state = load_initial_params(
+            state, parts, config.init_from, weights=config.init_from_weights, img_size=config.data.image_size
+        )
+        log_on_first_process(f"starting from the {config.init_from_weights} weights of {config.init_from}")
+    else:
+        log_on_first_process("starting from scratch")
     return state
 
 

@@ -85,9 +85,14 @@ def init_train_state(recipe: ModelRecipe, config, tx: optax.GradientTransformati
     return state, ModelParts(graphdef, rng_state, shardings, abstract)
 
 
-def load_initial_params(state: dict, parts: ModelParts, directory: str) -> dict:
-    """Replace params (and EMA) by the weights of a model directory or a training workdir."""
-    model = pretrained.load_pretrained(directory)
+def load_initial_params(
+    state: dict, parts: ModelParts, directory: str, *, weights: str = "params", img_size: int | None = None
+) -> dict:
+    """Replace params (and EMA) by the weights of a model directory or a training workdir.
+
+    `weights="ema"` takes a workdir's EMA weights; `img_size` (the configured model's) resizes
+    position embeddings, so that a model trained at one resolution continues at another."""
+    model = pretrained.load_pretrained(directory, weights=weights, img_size=img_size)
     _, params, _, model_state = split_model(model)
     expected = jax.tree.map(lambda x: (x.shape, x.dtype), state["params"])
     found = jax.tree.map(lambda x: (x.shape, x.dtype), params)

@@ -131,6 +131,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference, tmp_path, monk
         ("reduction", "sarf_tome:keep=0.5", r"config.reduction='sarf_tome:keep=0.5': schedule: sites=0 but"),
         ("profile_steps", -1, r"config.profile_steps = -1 is invalid: must be a non-negative int"),
         ("data.crop_min_scale", 0.0, r"config.data.crop_min_scale = 0.0 is invalid: must be in \(0, 1\]"),
+        ("init_from_weights", "best", r"config.init_from_weights = 'best' is invalid: must be one of \('params'"),
     ],
 )
 def test_bad_config_raises_one_clear_error_and_writes_nothing(tmp_path, field, value, message):
@@ -154,6 +155,35 @@ def test_init_from_loads_the_given_weights(reference):
     state = load_initial_params(state, parts, str(reference[0]))
     assert_trees_equal(jax.tree.map(np.asarray, state["params"]), params_of(reference[0]))
     assert_trees_equal(jax.tree.map(np.asarray, state["ema"]), params_of(reference[0]))
+
+
+def test_init_from_ema_weights_at_another_image_size(reference):
+    """A run at 24 px continues from the EMA weights of the 16 px reference, position embeddings
+    resized as load_pretrained resizes them."""
+    config = tiny_config()
+    mesh = parallel.make_mesh(config.mesh)
+    recipe = ModelRecipe(config.model.name, 4, 24, 1, config.model.overrides.to_dict())
+    with jax.set_mesh(mesh):
+        state, parts = init_train_state(recipe, config, optimizer.make_optimizer(config.optimizer, 6), mesh)
+    state = load_initial_params(state, parts, str(reference[0]), weights="ema", img_size=24)
+    expected = pretrained.load_pretrained(reference[0], weights="ema", img_size=24)
+    expected = jax.tree.map(np.asarray, nnx.state(expected, nnx.Param))
+    assert_trees_equal(jax.tree.map(np.asarray, state["params"]), expected)
+    assert jax.tree.map(np.shape, expected) != jax.tree.map(np.shape, params_of(reference[0], weights="ema"))
+
+
+def test_init_from_ema_of_a_model_directory_is_a_config_error(reference, tmp_path):
+    model_dir = tmp_path / "model"
+    config = tiny_config()
+    overrides = config.model.overrides.to_dict()
+    model = pretrained.load_pretrained(reference[0])
+    pretrained.save_pretrained(
+        model_dir, model, name=config.model.name, num_classes=4, img_size=16, in_chans=1, overrides=overrides
+    )
+    config.init_from, config.init_from_weights = str(model_dir), "ema"
+    with pytest.raises(ValueError, match=r"config.init_from_weights='ema' needs a training workdir"):
+        loop.train_and_evaluate(config, tmp_path / "workdir")
+    assert not (tmp_path / "workdir").exists()
 
 
 def test_config_reduction_is_active_in_the_training_forward_pass(tmp_path):
