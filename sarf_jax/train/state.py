@@ -99,7 +99,7 @@ def load_initial_params(
     if jax.tree.structure(expected) != jax.tree.structure(found) or expected != found:
         raise ValueError(
             f"config.init_from={directory!r}: its weights do not fit the configured model "
-            "(different variant, overrides, classes or image size)"
+            "(different variant, overrides or classes)"
         )
     params = jax.device_put(params, parts.state_shardings["params"])
     state = dict(state, params=params)

@@ -22,6 +22,13 @@ def test_config_trains_the_model_at_28_px_without_augmentation(model):
     assert (config.data.train_crop, config.data.flip, config.label_smoothing) == ("resize", False, 0.0)
 
 
+def test_make_reproduce_trains_the_models_this_config_has_recipes_for():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "tools" / "reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reproduce)
+    assert reproduce.MODELS == tuple(paper_mini.RECIPES)
+
+
 @pytest.mark.parametrize("arg", ["vmamba_mini", "vmamba_paper_mini,low"])
 def test_bad_argument_names_the_models(arg):
     with pytest.raises(ValueError, match=r"must be one of \('vmamba_paper_mini', 'plainmamba_paper_mini'\)"):
