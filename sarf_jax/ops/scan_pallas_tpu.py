@@ -14,19 +14,24 @@ sublanes.
   u, delta, z (batch, length, channels) in their own dtype, blocks (seq_tile, channel_tile);
               cast to fp32 in VMEM.
   B, C        flattened outside to (batch, groups, length * state) so that the block
-              (groups, seq_tile * state) is lane-dense; at the start of a tile one small matmul
-              with a 0/1 (groups, channel_tile) matrix expands them to (seq_tile * state,
-              channel_tile): row t * state + n holds B[t, group(c), n] for every lane c. That
-              handles plain and grouped B/C alike, with no relayout inside the time loop.
-  time loop   `lax.fori_loop` over the tile with ref indexing `ref[pl.ds(t, 1), :]`.
+              (groups, seq_tile * state) is lane-dense. The time loop walks a tile in sub-blocks
+              of `sub_steps` steps (sub_steps * state a multiple of 128, or the whole tile); at
+              the start of each, one small matmul with a 0/1 (groups, channel_tile) matrix
+              expands that sub-block to (sub_steps * state, channel_tile): row t * state + n
+              holds B[t, group(c), n] for every lane c. That handles plain and grouped B/C alike,
+              with no relayout inside the time loop, and keeps the expanded copies at a
+              sub-block's size instead of a tile's, so longer sequence tiles fit in VMEM.
+  time loop   `lax.fori_loop` over the sub-blocks, and inside each over its steps, with ref
+              indexing `ref[pl.ds(t, 1), :]`.
 
 Backward (one kernel, sequence tiles visited in reverse through the index maps): the forward
 pass saved only the state at the end of each sequence tile. Each tile recomputes its states from
 the previous tile's end state into VMEM, then runs the reverse recurrence
     g_h[t] = exp(delta[t+1] A) g_h[t+1] + g_readout[t] C[t]
-with g_h carried in VMEM scratch across tiles. dA, dD, d(delta_bias) are accumulated per batch
-row in resident output blocks; dB and dC are written per (channel tile, sequence tile) as one
-(groups, channel_tile) x (seq_tile * state, channel_tile)^T matmul each. The batch and
+with g_h carried in VMEM scratch across tiles, sub-block by sub-block (last first), each
+sub-block's B and C expanded again as in the forward pass. dA, dD, d(delta_bias) are accumulated
+per batch row in resident output blocks; dB and dC are written per (channel tile, sub-block) as
+one (groups, channel_tile) x (sub_steps * state, channel_tile)^T matmul each. The batch and
 channel-tile partial sums are reduced outside (no atomics on TPU).
 
 Sizes: a channel tile is a multiple of 128 dividing `channels` (or all channels when that is not
@@ -36,8 +41,16 @@ delta = 0 and B = C = 0, which leaves the state unchanged (exp(0 A) = 1, 0 B u =
 rows are never written back. `plan_tiling` returns None for shapes whose tiles would not fit the
 VMEM budget; the dispatcher then falls back to `chunked`.
 
-Known inefficiency: with state == 1 (VMamba) the state row fills one of the 8 sublanes of a
-vector register. Not tuned on hardware (none was available): tile sizes follow axlearn's v5p
+VMEM: when tracing for a known TPU (a TPU backend, or an abstract TPU mesh in scope),
+`vmem_limits` raises the kernels' scoped VMEM limit to 3/4 of the chip's VMEM and plans tiles
+for 4/5 of that (v5e/v6e: 96 MiB limit; v5p: 48 MiB; v4: 12 MiB), so tiles of 256-1024 steps fit
+at Vim's and VMamba's widths. Elsewhere (interpret mode, lowering on a CPU host) the compiler's
+default limit stands and tiles are planned for `VMEM_BUDGET_BYTES`.
+
+Known inefficiencies: with state < 8 (VMamba's 1) the state rows fill fewer than the 8 sublanes
+of a vector register, and each step's readout is a one-row store; recurrentgemma's layout
+(channels folded into (sublanes, 128 lanes), B and C as scalars) would fill them and is the next
+step. Nothing here is tuned on hardware (no TPU was reachable): tile sizes follow axlearn's v5p
 defaults in spirit (apple/axlearn axlearn/common/ssm.py; docs/architecture.md#pallas-kernels).
 """
 
@@ -68,6 +81,11 @@ class Tiling:
     num_seq_tiles: int
     channel_tile: int
     num_channel_tiles: int
+    sub_steps: int  # steps whose B and C are expanded at once; divides seq_tile
+
+    @property
+    def num_sub_blocks(self):
+        return self.seq_tile // self.sub_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,12 +108,35 @@ class Static:
         return self.channels // self.groups
 
 
+def vmem_limits() -> tuple[int | None, int]:
+    """(the kernels' scoped VMEM limit, or None for the compiler's default; the bytes tiles are
+    planned for). Read from the TPU being traced for, if one is known."""
+    try:
+        capacity = pltpu.get_tpu_info().vmem_capacity_bytes
+    except ValueError:  # not tracing for a known TPU (CPU interpret mode, cross-lowering)
+        return None, VMEM_BUDGET_BYTES
+    limit = capacity * 3 // 4
+    return limit, limit * 4 // 5  # headroom for the compiler's own scratch and this estimate
+
+
+def _alignment(state):
+    """Steps per aligned block: a multiple of 8 whose B/C columns (steps * state) fill 128 lanes."""
+    return math.lcm(8, 128 // math.gcd(state, 128))
+
+
+def _sub_steps(seq_tile, state):
+    align = _alignment(state)
+    return align if seq_tile % align == 0 else seq_tile  # a whole-length tile: one sub-block
+
+
 def _vmem_bytes(seq_tile, channel_tile, state, groups):
     """Upper estimate of the backward kernel's VMEM (the larger of the two), inputs in fp32."""
     tile = seq_tile * channel_tile * 4
+    row = state * channel_tile * 4
     flat_bc = (-(-groups // 8) * 8) * seq_tile * state * 4
-    scratch = 3 * seq_tile * state * channel_tile * 4 + 6 * tile + state * channel_tile * 4
-    buffers = 2 * (7 * tile + 4 * flat_bc + 3 * state * channel_tile * 4)  # double-buffered
+    expanded_bc = 2 * _sub_steps(seq_tile, state) * row
+    scratch = seq_tile * row + expanded_bc + 6 * tile + row  # states, B/C, per-step rows, g_h
+    buffers = 2 * (7 * tile + 4 * flat_bc + 3 * row)  # double-buffered blocks
     return scratch + buffers
 
 
@@ -105,16 +146,19 @@ def plan_tiling(length: int, channels: int, state: int, groups: int) -> Tiling |
         channel_tile = channels  # a block equal to the full dimension is always legal
     else:
         channel_tile = max(d for d in range(128, min(CHANNEL_TILE, channels) + 1, 128) if channels % d == 0)
-    align = math.lcm(8, 128 // math.gcd(state, 128))  # seq_tile % 8 == 0, seq_tile * state % 128 == 0
-    fits = lambda tile: _vmem_bytes(tile, channel_tile, state, groups) <= VMEM_BUDGET_BYTES
+    budget = vmem_limits()[1]
+    fits = lambda tile: _vmem_bytes(tile, channel_tile, state, groups) <= budget
+    tiling = lambda tile: Tiling(
+        tile, -(-length // tile), channel_tile, channels // channel_tile, _sub_steps(tile, state)
+    )
     if length <= MAX_SEQ_TILE and fits(length):
-        return Tiling(length, 1, channel_tile, channels // channel_tile)
+        return tiling(length)
+    align = _alignment(state)  # seq_tile % 8 == 0, seq_tile * state % 128 == 0
     candidates = [t for t in range(align, min(MAX_SEQ_TILE, length) + 1, align) if fits(t)]
     if not candidates:
         return None
     cost = lambda t: -(-length // t) * (t + TILE_OVERHEAD_STEPS)
-    seq_tile = min(candidates, key=lambda t: (cost(t), -t))
-    return Tiling(seq_tile, -(-length // seq_tile), channel_tile, channels // channel_tile)
+    return tiling(min(candidates, key=lambda t: (cost(t), -t)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,27 +173,13 @@ def _group_matrix(static: Static, channel_tile_index):
     return ((channel >= first) & (channel < first + static.per_group)).astype(F32)
 
 
-def _prepare_tile(
-    static: Static,
-    seq_tile_index,
-    channel_tile_index,
-    u_ref,
-    delta_ref,
-    bias_ref,
-    B_ref,
-    C_ref,
-    step_ref,
-    drive_ref,
-    B_lanes_ref,
-    C_lanes_ref,
-):
+def _discretise(static: Static, seq_tile_index, u_ref, delta_ref, bias_ref, step_ref, drive_ref):
     """Discretise one tile into scratch; returns the (seq_tile, channel_tile) mask of real steps.
 
     step = softplus(delta + delta_bias) (or without softplus), drive = step * u, both zero on the
-    steps past `length`; B and C expanded to one row per (step, state) and one lane per channel.
+    steps past `length`.
     """
-    seq_tile, state = static.tiling.seq_tile, static.state
-    steps_left = static.length - seq_tile_index * seq_tile
+    steps_left = static.length - seq_tile_index * static.tiling.seq_tile
     valid = lax.broadcasted_iota(jnp.int32, step_ref.shape, 0) < steps_left
     step = delta_ref[...].astype(F32) + bias_ref[...]
     if static.delta_softplus:
@@ -157,15 +187,29 @@ def _prepare_tile(
     step = jnp.where(valid, step, 0.0)
     step_ref[...] = step
     drive_ref[...] = jnp.where(valid, step * u_ref[...].astype(F32), 0.0)
+    return valid
 
-    groups = _group_matrix(static, channel_tile_index)
-    column = lax.broadcasted_iota(jnp.int32, (static.groups, seq_tile * state), 1)
+
+def _bc_columns(static: Static, start):
+    """The flat B/C columns (rows t * state + n) of the sub-block starting at tile step `start`."""
+    if static.tiling.num_sub_blocks == 1:
+        return slice(None)
+    width = static.tiling.sub_steps * static.state  # a multiple of 128
+    return pl.ds(pl.multiple_of(start * static.state, 128), width)
+
+
+def _expand_bc(static: Static, seq_tile_index, groups, start, B_ref, C_ref, B_lanes_ref, C_lanes_ref):
+    """B and C of the sub-block starting at tile step `start`, one row per (step, state) and one
+    lane per channel (zero past `length`), into B_lanes_ref and C_lanes_ref."""
+    width = static.tiling.sub_steps * static.state
+    steps_left = static.length - seq_tile_index * static.tiling.seq_tile - start
+    column = lax.broadcasted_iota(jnp.int32, (static.groups, width), 1)
+    columns = _bc_columns(static, start)
     for flat_ref, lanes_ref in ((B_ref, B_lanes_ref), (C_ref, C_lanes_ref)):
-        flat = jnp.where(column < steps_left * state, flat_ref[...].astype(F32), 0.0)
+        flat = jnp.where(column < steps_left * static.state, flat_ref[:, columns].astype(F32), 0.0)
         lanes_ref[...] = lax.dot_general(
             flat, groups, (((0,), (0,)), ((), ())), precision=HIGHEST, preferred_element_type=F32
         )
-    return valid
 
 
 def _state_rows(t, state):
@@ -175,7 +219,7 @@ def _state_rows(t, state):
 def _unroll(static: Static):
     """Steps per loop iteration on hardware; 1 in interpret mode, where unrolling only makes the
     CPU compile several times slower (same arithmetic either way)."""
-    return 1 if static.interpret is not False else min(8, static.tiling.seq_tile)
+    return 1 if static.interpret is not False else min(8, static.tiling.sub_steps)
 
 
 def _forward_kernel(static: Static, save_tile_states: bool, *refs):
@@ -194,30 +238,24 @@ def _forward_kernel(static: Static, save_tile_states: bool, *refs):
     def _():
         h_ref[...] = jnp.zeros_like(h_ref)
 
-    _prepare_tile(
-        static,
-        seq_tile_index,
-        channel_tile_index,
-        u_ref,
-        delta_ref,
-        bias_ref,
-        B_ref,
-        C_ref,
-        step_ref,
-        drive_ref,
-        B_lanes_ref,
-        C_lanes_ref,
-    )
+    _discretise(static, seq_tile_index, u_ref, delta_ref, bias_ref, step_ref, drive_ref)
+    groups = _group_matrix(static, channel_tile_index)
     A = A_ref[...]
+    sub_steps = static.tiling.sub_steps
 
-    def scan_step(t, h):
-        rows = _state_rows(t, state)
-        h = jnp.exp(step_ref[pl.ds(t, 1), :] * A) * h + drive_ref[pl.ds(t, 1), :] * B_lanes_ref[rows, :]
-        readout_ref[pl.ds(t, 1), :] = jnp.sum(h * C_lanes_ref[rows, :], axis=0, keepdims=True)
-        return h
+    def sub_block(j, h):
+        start = j * sub_steps
+        _expand_bc(static, seq_tile_index, groups, start, B_ref, C_ref, B_lanes_ref, C_lanes_ref)
 
-    seq_tile = static.tiling.seq_tile
-    h = lax.fori_loop(0, seq_tile, scan_step, h_ref[...], unroll=_unroll(static))
+        def scan_step(i, h):
+            rows, row = _state_rows(i, state), pl.ds(start + i, 1)
+            h = jnp.exp(step_ref[row, :] * A) * h + drive_ref[row, :] * B_lanes_ref[rows, :]
+            readout_ref[row, :] = jnp.sum(h * C_lanes_ref[rows, :], axis=0, keepdims=True)
+            return h
+
+        return lax.fori_loop(0, sub_steps, scan_step, h, unroll=_unroll(static))
+
+    h = lax.fori_loop(0, static.tiling.num_sub_blocks, sub_block, h_ref[...])
     h_ref[...] = h
 
     y = readout_ref[...] + D_ref[...] * u_ref[...].astype(F32)
@@ -256,7 +294,7 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
     ) = refs
 
     tiling, state = static.tiling, static.state
-    seq_tile = tiling.seq_tile
+    sub_steps = tiling.sub_steps
     channel_tile_index = pl.program_id(1)
     reversed_index = pl.program_id(2)
     seq_tile_index = tiling.num_seq_tiles - 1 - reversed_index
@@ -268,33 +306,29 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
         gD_ref[...] = jnp.zeros_like(gD_ref)
         gbias_ref[...] = jnp.zeros_like(gbias_ref)
 
-    valid = _prepare_tile(
-        static,
-        seq_tile_index,
-        channel_tile_index,
-        u_ref,
-        delta_ref,
-        bias_ref,
-        B_ref,
-        C_ref,
-        step_ref,
-        drive_ref,
-        B_lanes_ref,
-        C_lanes_ref,
-    )
+    valid = _discretise(static, seq_tile_index, u_ref, delta_ref, bias_ref, step_ref, drive_ref)
+    groups = _group_matrix(static, channel_tile_index)
+    expand_bc = lambda start: _expand_bc(static, seq_tile_index, groups, start, B_ref, C_ref, B_lanes_ref, C_lanes_ref)
     A = A_ref[...]
     h_start = jnp.where(seq_tile_index > 0, start_ref[...], 0.0)
 
     # 1. Recompute this tile's states (and the readout, needed for the gate's gradient).
-    def recompute_step(t, h):
-        rows = _state_rows(t, state)
-        h = jnp.exp(step_ref[pl.ds(t, 1), :] * A) * h + drive_ref[pl.ds(t, 1), :] * B_lanes_ref[rows, :]
-        states_ref[rows, :] = h
-        if static.has_z:
-            readout_ref[pl.ds(t, 1), :] = jnp.sum(h * C_lanes_ref[rows, :], axis=0, keepdims=True)
-        return h
+    def recompute_sub_block(j, h):
+        start = j * sub_steps
+        expand_bc(start)
 
-    lax.fori_loop(0, seq_tile, recompute_step, h_start, unroll=_unroll(static))
+        def recompute_step(i, h):
+            t = start + i
+            rows, row = _state_rows(i, state), pl.ds(t, 1)
+            h = jnp.exp(step_ref[row, :] * A) * h + drive_ref[row, :] * B_lanes_ref[rows, :]
+            states_ref[_state_rows(t, state), :] = h
+            if static.has_z:
+                readout_ref[row, :] = jnp.sum(h * C_lanes_ref[rows, :], axis=0, keepdims=True)
+            return h
+
+        return lax.fori_loop(0, sub_steps, recompute_step, h, unroll=_unroll(static))
+
+    lax.fori_loop(0, tiling.num_sub_blocks, recompute_sub_block, h_start)
 
     # 2. Output side: y = (readout + D u) * silu(z).
     u = u_ref[...].astype(F32)
@@ -310,25 +344,39 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
     g_readout_ref[...] = g_readout
     gD_ref[...] += jnp.sum(jnp.where(valid, g_readout * u, 0.0), axis=0, keepdims=True)
 
-    # 3. Reverse recurrence. After step t, rows t of the expanded B and of the states are dead, so
-    #    they are overwritten with the per-step terms of dB (g_h * step * u) and dC (h * g_readout).
-    def reverse_step(i, carry):
-        g_h, gA = carry
-        t = seq_tile - 1 - i
-        rows, row = _state_rows(t, state), pl.ds(t, 1)
-        step = step_ref[row, :]
-        g_h = g_h + g_readout_ref[row, :] * C_lanes_ref[rows, :]
-        decay = jnp.exp(step * A)
-        previous = jnp.where(t > 0, states_ref[_state_rows(jnp.maximum(t - 1, 0), state), :], h_start)
-        g_decay = g_h * previous * decay  # d loss / d(step A), per state
-        gA = gA + g_decay * step
-        g_step_decay_ref[row, :] = jnp.sum(g_decay * A, axis=0, keepdims=True)
-        g_drive_B_ref[row, :] = jnp.sum(g_h * B_lanes_ref[rows, :], axis=0, keepdims=True)
-        B_lanes_ref[rows, :] = g_h * drive_ref[row, :]
-        states_ref[rows, :] = states_ref[rows, :] * g_readout_ref[row, :]
-        return g_h * decay, gA
+    # 3. Reverse recurrence, sub-block by sub-block (last first). After step t, its rows of the
+    #    expanded B and of the states are dead, so they are overwritten with the per-step terms of
+    #    dB (g_h * step * u) and dC (h * g_readout), which each sub-block then reduces per group.
+    def reverse_sub_block(k, carry):
+        start = (tiling.num_sub_blocks - 1 - k) * sub_steps
+        expand_bc(start)
 
-    g_h, gA = lax.fori_loop(0, seq_tile, reverse_step, (g_h_ref[...], jnp.zeros_like(A)), unroll=_unroll(static))
+        def reverse_step(m, carry):
+            g_h, gA = carry
+            i = sub_steps - 1 - m
+            t = start + i
+            rows, state_rows, row = _state_rows(i, state), _state_rows(t, state), pl.ds(t, 1)
+            step = step_ref[row, :]
+            g_h = g_h + g_readout_ref[row, :] * C_lanes_ref[rows, :]
+            decay = jnp.exp(step * A)
+            previous = jnp.where(t > 0, states_ref[_state_rows(jnp.maximum(t - 1, 0), state), :], h_start)
+            g_decay = g_h * previous * decay  # d loss / d(step A), per state
+            gA = gA + g_decay * step
+            g_step_decay_ref[row, :] = jnp.sum(g_decay * A, axis=0, keepdims=True)
+            g_drive_B_ref[row, :] = jnp.sum(g_h * B_lanes_ref[rows, :], axis=0, keepdims=True)
+            B_lanes_ref[rows, :] = g_h * drive_ref[row, :]
+            states_ref[state_rows, :] = states_ref[state_rows, :] * g_readout_ref[row, :]
+            return g_h * decay, gA
+
+        carry = lax.fori_loop(0, sub_steps, reverse_step, carry, unroll=_unroll(static))
+        columns = _bc_columns(static, start)  # also this sub-block's rows of states_ref
+        for terms, out_ref in ((B_lanes_ref[...], gB_ref), (states_ref[columns, :], gC_ref)):
+            out_ref[:, columns] = lax.dot_general(
+                groups, terms, (((1,), (1,)), ((), ())), precision=HIGHEST, preferred_element_type=F32
+            )
+        return carry
+
+    g_h, gA = lax.fori_loop(0, tiling.num_sub_blocks, reverse_sub_block, (g_h_ref[...], jnp.zeros_like(A)))
     g_h_ref[...] = g_h
     gA_ref[...] += gA
 
@@ -341,12 +389,6 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
     g_step = jnp.where(valid, g_step, 0.0)
     gdelta_ref[...] = g_step.astype(gdelta_ref.dtype)
     gbias_ref[...] += jnp.sum(g_step, axis=0, keepdims=True)
-
-    groups = _group_matrix(static, channel_tile_index)
-    for lanes_ref, out_ref in ((B_lanes_ref, gB_ref), (states_ref, gC_ref)):
-        out_ref[...] = lax.dot_general(
-            groups, lanes_ref[...], (((1,), (1,)), ((), ())), precision=HIGHEST, preferred_element_type=F32
-        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -379,7 +421,9 @@ def _grid(static: Static):
 
 
 def _compiler_params():
-    return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "arbitrary"))
+    return pltpu.CompilerParams(
+        dimension_semantics=("parallel", "parallel", "arbitrary"), vmem_limit_bytes=vmem_limits()[0]
+    )
 
 
 def _flatten_bc(x, static: Static):
@@ -413,7 +457,7 @@ def _forward(static: Static, save_tile_states: bool, u, delta, z, A, B, C, D, de
         out_shape.append(jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32))
         out_specs.append(spec["batch_state"])
     tile = (t.seq_tile, t.channel_tile)
-    lanes = (t.seq_tile * static.state, t.channel_tile)
+    lanes = (t.sub_steps * static.state, t.channel_tile)
     outputs = pl.pallas_call(
         functools.partial(_forward_kernel, static, save_tile_states),
         grid=_grid(static),
@@ -464,7 +508,8 @@ def _backward(static: Static, residuals, gy, g_last_state):
         + [spec["batch_state"], spec["batch_row"], spec["batch_row"]]
     )
     tile = (t.seq_tile, t.channel_tile)
-    lanes = (t.seq_tile * static.state, t.channel_tile)
+    lanes = (t.sub_steps * static.state, t.channel_tile)
+    states = (t.seq_tile * static.state, t.channel_tile)
     grads = pl.pallas_call(
         functools.partial(_backward_kernel, static, has_g_last),
         grid=_grid(static),
@@ -473,7 +518,7 @@ def _backward(static: Static, residuals, gy, g_last_state):
         out_shape=out_shape,
         scratch_shapes=[
             pltpu.VMEM((static.state, t.channel_tile), F32),
-            pltpu.VMEM(lanes, F32),
+            pltpu.VMEM(states, F32),
             pltpu.VMEM(tile, F32),
             pltpu.VMEM(tile, F32),
             pltpu.VMEM(lanes, F32),

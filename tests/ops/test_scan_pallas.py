@@ -11,6 +11,8 @@
   CPU devices) sharded inputs through shard_map.
 """
 
+import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -31,24 +33,30 @@ BF16_EPS = float(jnp.finfo(jnp.bfloat16).eps)  # 2^-7
 
 # name: (random_args shape, TPU tiling constants, options, expected TPU tiling)
 CASES = {
-    "one_tile": (dict(batch=2, length=13, channels=6, state=4), {}, "all", scan_pallas_tpu.Tiling(13, 1, 6, 1)),
+    "one_tile": (dict(batch=2, length=13, channels=6, state=4), {}, "all", scan_pallas_tpu.Tiling(13, 1, 6, 1, 13)),
     "many_tiles_partial_last": (
         dict(batch=2, length=20, channels=256, state=16),
         dict(MAX_SEQ_TILE=8, CHANNEL_TILE=128),
         "all",
-        scan_pallas_tpu.Tiling(8, 3, 128, 2),
+        scan_pallas_tpu.Tiling(8, 3, 128, 2, 8),
     ),
     "groups_straddle_tiles_state_1": (
         dict(batch=1, length=150, channels=384, state=1, groups=2),
         dict(MAX_SEQ_TILE=128, CHANNEL_TILE=128),
         "all",
-        scan_pallas_tpu.Tiling(128, 2, 128, 3),
+        scan_pallas_tpu.Tiling(128, 2, 128, 3, 128),
+    ),
+    "sub_blocks_in_a_tile": (
+        dict(batch=2, length=40, channels=256, state=16, groups=2),
+        dict(MAX_SEQ_TILE=24, CHANNEL_TILE=128),
+        "all",
+        scan_pallas_tpu.Tiling(24, 2, 128, 2, 8),
     ),
     "grouped_no_options": (
         dict(batch=2, length=11, channels=24, state=4, groups=3),
         {},
         "none",
-        scan_pallas_tpu.Tiling(11, 1, 24, 1),
+        scan_pallas_tpu.Tiling(11, 1, 24, 1, 11),
     ),
 }
 
@@ -202,11 +210,30 @@ def test_tpu_kernel_lowers_for_tpu_at_layer_shapes(layer, backward):
     assert text.count("tpu_custom_call") == (2 if backward else 1)  # backward: saving forward + backward
 
 
+def test_tpu_kernels_ask_a_known_chip_for_more_vmem_and_plan_longer_tiles_for_it():
+    """Under an abstract TPU v5e mesh (128 MiB of VMEM per core) both kernels ask for a 96 MiB
+    scoped limit and tiles are planned for 4/5 of it; on this CPU host the default stands."""
+    assert scan_pallas_tpu.vmem_limits() == (None, scan_pallas_tpu.VMEM_BUDGET_BYTES)
+    batch, length, channels, state, groups = LAYER_SHAPES["vmamba_t"]
+    default = scan_pallas_tpu.plan_tiling(length, channels, 16, 1)  # 16 states: VMEM-bound tiles
+    device = jax.sharding.AbstractDevice(device_kind="TPU v5 lite", platform="tpu", num_cores=1)
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=device)):
+        limit, budget = scan_pallas_tpu.vmem_limits()
+        longer = scan_pallas_tpu.plan_tiling(length, channels, 16, 1)
+        text = lowered_text("pallas_tpu", abstract_args(*LAYER_SHAPES["vmamba_t"]), "tpu", backward=True)
+    assert (limit, budget) == (96 * 2**20, 96 * 2**20 * 4 // 5)
+    assert longer.seq_tile > default.seq_tile
+    configs = [json.loads(c.replace("\\22", '"')) for c in re.findall(r'backend_config = "(\{.*?\})"', text)]
+    assert len(configs) == 2  # the forward that saves tile states, and the backward
+    for config in configs:
+        assert config["scoped_memory_configs"][0]["size"] == limit
+
+
 def test_tpu_lowering_rejects_an_illegal_tile(monkeypatch):
     """The check above has teeth: a 64-lane channel tile (not a multiple of 128, not all channels)
     passes interpret mode but not the Mosaic lowering."""
     monkeypatch.setattr(
-        scan_pallas_tpu, "plan_tiling", lambda length, channels, state, groups: scan_pallas_tpu.Tiling(8, 2, 64, 4)
+        scan_pallas_tpu, "plan_tiling", lambda length, channels, state, groups: scan_pallas_tpu.Tiling(8, 2, 64, 4, 8)
     )
     with pytest.raises(Exception, match="divisible by 8 and 128"):
         lowered_text("pallas_tpu", abstract_args(1, 16, 256, 16, None), "tpu", backward=False)
