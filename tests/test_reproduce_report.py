@@ -82,3 +82,5 @@ def test_train_command_uses_the_paper_mini_config():
     assert command[-1] == "--config.init_from=v"
     args.steps = 7
     assert "--config.total_steps=7" in reproduce.train_command(args, "vmamba_paper_mini", pathlib.Path("w"))
+    finetune = reproduce.train_command(args, "vmamba_paper_mini", pathlib.Path("w"), steps=3)
+    assert [a for a in finetune if "total_steps" in a] == ["--config.total_steps=3"]  # one, the fine-tuning's

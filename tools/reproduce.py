@@ -46,8 +46,9 @@ def run(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def train_command(args, name: str, workdir: pathlib.Path, *extra: str) -> list[str]:
-    """train.py with configs/paper_mini.py for `name`; --steps overrides its steps."""
+def train_command(args, name: str, workdir: pathlib.Path, *extra: str, steps: int | None = None) -> list[str]:
+    """train.py with configs/paper_mini.py for `name`; `steps` (else --steps) overrides its steps."""
+    steps = steps or args.steps
     return [
         sys.executable,
         "train.py",
@@ -57,7 +58,7 @@ def train_command(args, name: str, workdir: pathlib.Path, *extra: str) -> list[s
         str(workdir),
         f"--config.data.dir={args.data_dir}",
         "--config.progress_bar=False",
-        *([f"--config.total_steps={args.steps}"] if args.steps else []),
+        *([f"--config.total_steps={steps}"] if steps else []),
         *extra,
     ]
 
@@ -192,10 +193,10 @@ def main(argv) -> None:
                     target,
                     f"--config.init_from={workdir / name}",
                     "--config.init_from_weights=ema",
-                    f"--config.total_steps={args.finetune_steps}",
                     f"--config.reduction={reduction}",
                     "--config.optimizer.lr=5e-4",
                     "--config.optimizer.warmup_steps=20",
+                    steps=args.finetune_steps,
                 )
             )
             sarf_tome = [e["reduction"] for e in runs[name]["entries"] if e["method"] == "sarf_tome"]

@@ -43,9 +43,10 @@ VMEM budget; the dispatcher then falls back to `chunked`.
 
 VMEM: when tracing for a known TPU (a TPU backend, or an abstract TPU mesh in scope),
 `vmem_limits` raises the kernels' scoped VMEM limit to 3/4 of the chip's VMEM and plans tiles
-for 4/5 of that (v5e/v6e: 96 MiB limit; v5p: 48 MiB; v4: 12 MiB), so tiles of 256-1024 steps fit
-at Vim's and VMamba's widths. Elsewhere (interpret mode, lowering on a CPU host) the compiler's
-default limit stands and tiles are planned for `VMEM_BUDGET_BYTES`.
+for 4/5 of that (v5e/v6e: 96 MiB limit; v5p: 48 MiB; v4: 12 MiB); on a v5e a Vim-S layer then
+runs as one 197-step tile, where the default budget plans two of 104. Elsewhere (interpret
+mode, lowering on a CPU host) the compiler's default limit stands and tiles are planned for
+`VMEM_BUDGET_BYTES`.
 
 Known inefficiencies: with state < 8 (VMamba's 1) the state rows fill fewer than the 8 sublanes
 of a vector register, and each step's readout is a one-row store; recurrentgemma's layout
@@ -216,6 +217,17 @@ def _state_rows(t, state):
     return pl.ds(pl.multiple_of(t * state, state), state)
 
 
+def _advance(h, A, t, i, state, step_ref, drive_ref, B_lanes_ref):
+    """One step of the recurrence at tile step t (sub-block step i): exp(step A) h + step u B."""
+    row = pl.ds(t, 1)
+    return jnp.exp(step_ref[row, :] * A) * h + drive_ref[row, :] * B_lanes_ref[_state_rows(i, state), :]
+
+
+def _readout(h, i, state, C_lanes_ref):
+    """<h, C> at sub-block step i: one (1, channel_tile) row."""
+    return jnp.sum(h * C_lanes_ref[_state_rows(i, state), :], axis=0, keepdims=True)
+
+
 def _unroll(static: Static):
     """Steps per loop iteration on hardware; 1 in interpret mode, where unrolling only makes the
     CPU compile several times slower (same arithmetic either way)."""
@@ -248,9 +260,8 @@ def _forward_kernel(static: Static, save_tile_states: bool, *refs):
         _expand_bc(static, seq_tile_index, groups, start, B_ref, C_ref, B_lanes_ref, C_lanes_ref)
 
         def scan_step(i, h):
-            rows, row = _state_rows(i, state), pl.ds(start + i, 1)
-            h = jnp.exp(step_ref[row, :] * A) * h + drive_ref[row, :] * B_lanes_ref[rows, :]
-            readout_ref[row, :] = jnp.sum(h * C_lanes_ref[rows, :], axis=0, keepdims=True)
+            h = _advance(h, A, start + i, i, state, step_ref, drive_ref, B_lanes_ref)
+            readout_ref[pl.ds(start + i, 1), :] = _readout(h, i, state, C_lanes_ref)
             return h
 
         return lax.fori_loop(0, sub_steps, scan_step, h, unroll=_unroll(static))
@@ -319,11 +330,10 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
 
         def recompute_step(i, h):
             t = start + i
-            rows, row = _state_rows(i, state), pl.ds(t, 1)
-            h = jnp.exp(step_ref[row, :] * A) * h + drive_ref[row, :] * B_lanes_ref[rows, :]
+            h = _advance(h, A, t, i, state, step_ref, drive_ref, B_lanes_ref)
             states_ref[_state_rows(t, state), :] = h
             if static.has_z:
-                readout_ref[row, :] = jnp.sum(h * C_lanes_ref[rows, :], axis=0, keepdims=True)
+                readout_ref[pl.ds(t, 1), :] = _readout(h, i, state, C_lanes_ref)
             return h
 
         return lax.fori_loop(0, sub_steps, recompute_step, h, unroll=_unroll(static))
