@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sarf_jax.nn.common import DropPath
+from sarf_jax.nn.common import DropPath, gelu
 from sarf_jax.nn.conv import DepthwiseConv2d, torch_conv2d
 from sarf_jax.nn.initializers import torch_default
 from sarf_jax.nn.norm import LayerNorm
@@ -45,10 +45,6 @@ def conv_bn_act(sequence: nnx.List, x: jax.Array, *, train: bool) -> jax.Array:
         convolution, norm, activation = sequence[i : i + 3]
         x = activation(norm(convolution(x), use_running_average=not train))
     return x
-
-
-def gelu(x):
-    return jax.nn.gelu(x, approximate=False)  # torch nn.GELU is the exact erf form
 
 
 class ConvPatchEmbed(nnx.Module):

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sarf_jax.nn.common import DropPath, Mlp
+from sarf_jax.nn.common import DropPath, Mlp, gelu
 from sarf_jax.nn.conv import torch_conv2d
 from sarf_jax.nn.initializers import trunc_normal
 from sarf_jax.nn.norm import LayerNorm
@@ -65,7 +65,7 @@ class PatchEmbed(nnx.Module):
         if self.norm1 is not None:
             x = self.norm1(x)
         if self.version == "v2":
-            x = self.conv2(jax.nn.gelu(x, approximate=False))
+            x = self.conv2(gelu(x))
             if self.norm2 is not None:
                 x = self.norm2(x)
         return x

@@ -1,5 +1,6 @@
-"""Mlp and DropPath behave as their PyTorch counterparts (timm Mlp, timm DropPath)."""
+"""gelu, Mlp and DropPath behave as their PyTorch counterparts (torch GELU, timm Mlp, timm DropPath)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,6 +9,18 @@ from flax import nnx
 
 from sarf_jax.convert import load_state_dict
 from sarf_jax.nn import DropPath, Mlp
+from sarf_jax.nn.common import gelu
+
+
+def test_gelu_matches_torch_gelu_and_its_gradient():
+    x = np.linspace(-12, 12, 20001, dtype=np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    expected = torch.nn.functional.gelu(xt)
+    expected.sum().backward()
+    ours_grad = jax.grad(lambda v: gelu(v).sum())(jnp.asarray(x))
+    np.testing.assert_allclose(gelu(jnp.asarray(x)), expected.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ours_grad, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+    assert gelu(jnp.ones(3, jnp.bfloat16)).dtype == jnp.bfloat16
 
 
 def test_mlp_matches_torch_linear_gelu_linear():

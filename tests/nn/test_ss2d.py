@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from sarf_jax.convert import load_state_dict
-from sarf_jax.nn.ss2d import SS2D, cross_merge, cross_scan
+from sarf_jax.nn.ss2d import SS2D, cross_merge, cross_scan, cross_scan_per_direction
 
 
 def reference_ss2d(x_nhwc, sd, *, gated, d_state, dt_rank, eps=1e-5):
@@ -135,6 +135,17 @@ def test_cross_scan_reads_rows_columns_and_their_reverses_on_odd_grids():
     np.testing.assert_array_equal(sequences[:, 3], column_major[::-1])
     # merging puts every direction back in grid order: four copies of the grid
     np.testing.assert_array_equal(cross_merge(cross_scan(jnp.asarray(grid)), height, width), 4 * grid)
+
+
+def test_cross_scan_per_direction_reads_direction_k_in_order_k():
+    # a per-position value that differs by direction: direction k's slice must come out in scan
+    # order k, exactly as cross_scan orders a value shared by all directions
+    height, width, channels = 3, 5, 2
+    values = np.random.default_rng(0).normal(size=(2, height, width, 4, channels)).astype(np.float32)
+    result = np.asarray(cross_scan_per_direction(jnp.asarray(values)))
+    for k in range(4):
+        expected = np.asarray(cross_scan(jnp.asarray(values[:, :, :, k])))[:, :, k]
+        np.testing.assert_array_equal(result[:, :, k], expected)
 
 
 def test_odd_grid_keeps_shape_under_jit_and_grad():
