@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
-import datetime
 import json
-import os
-import platform
 import statistics
 import time
 
@@ -31,7 +28,7 @@ import optax
 from flax import nnx
 
 from sarf_jax import models
-from sarf_jax.analysis import median_seconds, model_gflops, parameter_count
+from sarf_jax.analysis import machine_info, median_seconds, model_gflops, parameter_count
 
 
 def bench(
@@ -169,19 +166,7 @@ def main():
     if args.rate_vs and args.rate_vs not in names:
         names = [*names, args.rate_vs]
     timers, gflops = {}, {}
-    print(
-        json.dumps(
-            {
-                "bench": "machine",
-                "cpu": platform.processor() or platform.machine(),
-                "cores": os.cpu_count(),
-                "device": jax.devices()[0].device_kind,
-                "jax": jax.__version__,
-                "date": datetime.date.today().isoformat(),
-            }
-        ),
-        flush=True,
-    )
+    print(json.dumps({"bench": "machine", **machine_info()}), flush=True)
     for name in names:
         scan_impl = None if name.startswith("vit") else args.scan_impl
         row = bench(

@@ -7,8 +7,9 @@ is charged to one kind:
   scan            anything traced inside `selective_scan` (its discretisation, layouts, readout)
   depthwise_conv  the named regions `depthwise_conv2d` / `causal_depthwise_conv1d`
   reduction       token-reduction plans (code under sarf_jax/reduction/; with --reduction SPEC)
-  norm            LayerNorm / RMSNorm (flax's normalization module)
-  matmul          dots and convolutions (XLA's own or a library call)
+  matmul          dots and convolutions (XLA's own or a library call), with whatever XLA fused
+                  into them (often the LayerNorm before a projection)
+  norm            LayerNorm / RMSNorm (flax's normalization module) not fused into a matmul
   layout          transposes, copies, concatenations, pads, slices, gathers: data movement only
   elementwise     other fused loops (activations, residual adds, ...)
   other           control flow (while-loop bookkeeping), custom calls, anything unmatched
@@ -30,11 +31,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import glob
 import json
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -47,6 +46,7 @@ import optax
 from flax import nnx
 
 from sarf_jax import models, reduction
+from sarf_jax.analysis import machine_info
 
 KINDS = ("scan", "depthwise_conv", "reduction", "norm", "matmul", "layout", "elementwise", "other")
 # name -> (img_size, in_chans, batch): the configurations the CPU results quote
@@ -154,13 +154,13 @@ def classify(op: dict | None) -> str:
         return "depthwise_conv"
     if any(os.sep + os.path.join("sarf_jax", "reduction") + os.sep in f for f in files):
         return "reduction"
+    opcodes = op["opcodes"]
+    if opcodes & MATMUL_OPCODES or "dot_general" in names or "conv_general_dilated" in names:
+        return "matmul"  # before norm: XLA fuses a LayerNorm into the matmul that reads it
     if any(
         f.startswith(NORM_FUNCTIONS) or ".".join(f.split(".")[-2:-1]) in ("LayerNorm", "RMSNorm") for f in functions
     ):
         return "norm"
-    opcodes = op["opcodes"]
-    if opcodes & MATMUL_OPCODES or "dot_general" in names or "conv_general_dilated" in names:
-        return "matmul"
     if opcodes <= LAYOUT_OPCODES:
         return "layout"
     if opcodes & CONTROL_OPCODES:
@@ -270,16 +270,6 @@ def model_passes(name, *, img_size, in_chans, batch, spec=None, overrides=None):
     return {"forward": (forward, (state, images)), "forward_backward": (jax.grad(loss), (params, rest, images, labels))}
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "device": jax.devices()[0].device_kind}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="*", default=list(DEFAULT_MODELS), choices=list(CONFIGS))
@@ -298,7 +288,7 @@ def main(argv=None):
 
     overrides = {k: ast.literal_eval(v) for k, _, v in (text.partition("=") for text in args.override)}
     spec = reduction.parse_spec(args.reduction) if args.reduction else None
-    info = {**machine(), "date": datetime.date.today().isoformat()}
+    info = machine_info()
     for name in args.models:
         img_size, in_chans, batch = CONFIGS[name]
         img_size, batch = args.img_size or img_size, args.batch or batch

@@ -14,16 +14,13 @@ jitted on its own; `plan_fraction` is its sum over sites divided by the reduced 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 
 import jax
 from flax import nnx
 
 from sarf_jax import models, reduction
-from sarf_jax.analysis import median_seconds, model_gflops
+from sarf_jax.analysis import machine_info, median_seconds, model_gflops
 from sarf_jax.evaluate.sweep import images_per_second
 
 KEEPS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
@@ -81,19 +78,7 @@ def main():
     parser.add_argument("--scan-impl", default=None, help="selective_scan impl (default: auto)")
     parser.add_argument("--schedule", default=None, help="a schedule name or keep=R (default: closest to 37.5%%)")
     args = parser.parse_args()
-    print(
-        json.dumps(
-            {
-                "bench": "machine",
-                "cpu": platform.processor() or platform.machine(),
-                "cores": os.cpu_count(),
-                "device": jax.devices()[0].device_kind,
-                "jax": jax.__version__,
-                "date": datetime.date.today().isoformat(),
-            }
-        ),
-        flush=True,
-    )
+    print(json.dumps({"bench": "machine", **machine_info()}), flush=True)
     for name in args.models:
         size, chans = args.img_size, args.in_chans
         options = {"scan_impl": args.scan_impl} if args.scan_impl else {}

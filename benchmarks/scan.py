@@ -21,10 +21,8 @@ Times are medians over --repeats runs after a warm-up; compile time and XLA temp
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sarf_jax.analysis import median_seconds
+from sarf_jax.analysis import machine_info, median_seconds
 from sarf_jax.nn import Mamba
 from sarf_jax.ops import selective_scan
 from sarf_jax.ops.selective_scan import DEFAULT_CHUNK_SIZE, resolve_impl
@@ -54,15 +52,7 @@ LAYERS = {
 def machine() -> dict:
     import torch
 
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "jax_device": jax.devices()[0].device_kind,
-        "jax": jax.__version__,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "date": datetime.date.today().isoformat(),
-    }
+    return {**machine_info(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def median_ms(fn, repeats: int) -> float:

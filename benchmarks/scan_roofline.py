@@ -37,7 +37,6 @@ One JSON object per line: {"bench": "machine"}, {"bench": "ceilings"}, then one
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import pathlib
@@ -54,7 +53,7 @@ from jax import lax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from scan_gpu import layer_inputs  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 
-from sarf_jax.analysis import median_seconds  # noqa: E402
+from sarf_jax.analysis import machine_info, median_seconds  # noqa: E402
 from sarf_jax.ops import selective_scan  # noqa: E402
 from sarf_jax.ops.selective_scan import resolve_impl  # noqa: E402
 
@@ -273,9 +272,7 @@ def machine_row(device) -> dict:
         "device_kind": device.device_kind,
         "devices": jax.device_count(),
         "host": platform.node(),
-        "cpu": platform.processor() or platform.machine(),
-        "jax": jax.__version__,
-        "date": datetime.date.today().isoformat(),
+        **machine_info(),
     }
 
 

@@ -8,6 +8,14 @@ use it without an upward import.
 
 from sarf_jax.analysis.describe import describe
 from sarf_jax.analysis.flops import count_flops, model_gflops, parameter_count
-from sarf_jax.analysis.timing import median_seconds
+from sarf_jax.analysis.timing import allocator, machine_info, median_seconds
 
-__all__ = ["count_flops", "describe", "median_seconds", "model_gflops", "parameter_count"]
+__all__ = [
+    "allocator",
+    "count_flops",
+    "describe",
+    "machine_info",
+    "median_seconds",
+    "model_gflops",
+    "parameter_count",
+]
