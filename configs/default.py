@@ -5,10 +5,10 @@ Command (`make train` runs both, then prints the table and writes results.md and
   python eval.py --workdir runs/default --sweep configs/sweeps/default.py --weights ema
 
 Measured 2026-11-30 on the project's 2-core VM (Intel Xeon, idle, no accelerator), `make train`
-from a fresh clone, setup excluded: 87.65% top-1 on the Fashion-MNIST test set with the EMA
-weights (87.64% without) after 3,500 steps of batch 64 (~3.7 epochs, ~9 steps/s), then the
-dense / SARF-ToMe / SARF-EViT / EViT / ToMe table at `paper_like=hybrid_2p1`; 7 min 47 s and 8 min 49 s (two runs) from
-the start of training to the printed table.
+from a fresh clone, setup excluded: 87.52% top-1 on the Fashion-MNIST test set with the EMA
+weights (87.56% without) after 3,500 steps of batch 64 (~3.7 epochs, ~12 steps/s on tcmalloc),
+then the dense / SARF-ToMe / SARF-EViT / EViT / ToMe table at `paper_like=hybrid_2p1`; 6 min 41 s
+from the start of training to the printed table.
 
 Why this model: of the visual Mamba minis it reaches the most accuracy per minute on a CPU
 (at patch 2, a 14x14 grid, each image costs 3.6x the FLOPs). Its 7x7 grid is also why
