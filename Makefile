@@ -10,7 +10,7 @@
 # make bench: run the benchmarks in benchmarks/ (JSON lines on stdout).
 # test, train, reproduce and bench run on tcmalloc where tools/find_tcmalloc.sh finds (or installs)
 # it: XLA's CPU runtime re-allocates its large temporaries on every call, and the system malloc
-# page-faults them in again each time (~20% of a CPU training step). PRELOAD= turns it off.
+# page-faults them in again each time (~a quarter of a CPU training step). PRELOAD= turns it off.
 
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -3,8 +3,9 @@
 
 Why: differentiating flax's LayerNorm lets JAX transpose every step of the statistics (mean,
 centring, variance, rsqrt, scale). On the 2-core CPU, in vmamba_tiny's forward + backward (224
-px, batch 8, benchmarks/profile_cpu.py) the norms took 887 of 3,617 ms per step, 5x their
-forward; with this backward, 392 of 3,417 ms (benchmarks/RESULTS.md, 2026-11-30). The
+px, batch 8, benchmarks/profile_cpu.py) the ops charged to the norms took 887 of 3,617 ms per
+step; with this backward, 392 of 3,417 ms (benchmarks/RESULTS.md, 2026-11-30; the profiler then
+also charged projections fused with a norm to it, so the wall time is the firmer figure). The
 closed form needs two row reductions and keeps only the normalised input and 1/std:
 
     x̂ = (x - mean) / std,   y = x̂ · scale + bias
