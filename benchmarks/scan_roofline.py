@@ -266,10 +266,10 @@ def bench_shape(name, shape, batch, impls, ceilings, args):
 
 
 def machine_row(device) -> dict:
+    """machine_info() (its "device" is the first device's kind) with the platform, count and host."""
     return {
         "bench": "machine",
         "platform": device.platform,
-        "device_kind": device.device_kind,
         "devices": jax.device_count(),
         "host": platform.node(),
         **machine_info(),
