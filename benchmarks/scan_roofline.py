@@ -29,9 +29,17 @@ x_floor is 1 for a scan that runs at whichever ceiling binds it.
 One JSON object per line: {"bench": "machine"}, {"bench": "ceilings"}, then one
 {"bench": "scan_roofline"} per (shape, batch, impl).
 
+With --ss2d the rows are SS2D's whole four-direction scan (sarf_jax.ops.cross_scan) at VMamba-T's
+stage-0 and stage-2 grids, {"bench": "ss2d_roofline"} per (shape, batch, mode, variant): forward,
+and forward + backward (all eight gradients), for the GPU kernel fused with the cross-scan, the
+same kernel on the cross-scanned copy, and `chunked`. Bytes and exps are those any SS2D scan
+needs (`ss2d_minimal`): the fused kernel also reads delta projected outside it, so even it sits
+above 1 x floor by that traffic.
+
     python benchmarks/scan_roofline.py                    # all shapes, batch 32 and 2
     python benchmarks/scan_roofline.py --batch 2 --shapes vim_s
     python benchmarks/scan_roofline.py --small            # tiny shapes (the default on a CPU)
+    python benchmarks/scan_roofline.py --ss2d --batch 32  # SS2D, fused vs unfused
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from scan_gpu import layer_inputs  # noqa: E402  (benchmarks/ is a folder of scr
 
 from sarf_jax.analysis import machine_info, median_seconds  # noqa: E402
 from sarf_jax.ops import selective_scan  # noqa: E402
+from sarf_jax.ops.cross_scan import cross_selective_scan  # noqa: E402
 from sarf_jax.ops.selective_scan import resolve_impl  # noqa: E402
 
 SHAPE_FIELDS = ("length", "channels", "state", "groups", "gated")
@@ -71,6 +80,17 @@ SMALL_SHAPES = {
     "vmamba_t_stage0": (49, 32, 1, 4, False),
     "vmamba_t_stage2": (16, 128, 1, 4, False),
 }
+# SS2D (--ss2d): VMamba-T's scans as SS2D runs them, (height, width, d_inner, state, dt_rank)
+SS2D_FIELDS = ("height", "width", "d_inner", "state", "dt_rank")
+SS2D_SHAPES = {"vmamba_t_stage0": (56, 56, 96, 1, 6), "vmamba_t_stage2": (14, 14, 384, 1, 24)}
+SMALL_SS2D_SHAPES = {"vmamba_t_stage0": (7, 7, 8, 1, 2), "vmamba_t_stage2": (4, 4, 32, 1, 2)}
+SS2D_VARIANTS = {  # name: (impl, fused)
+    "fused": ("pallas_gpu", True),  # the GPU kernel reading the grid through index maps
+    "unfused": ("pallas_gpu", False),  # the GPU kernel on the cross-scanned copy
+    "chunked": ("chunked", None),
+    "reference": ("reference", None),
+}
+SS2D_MAX_SETS = 8  # each set inlines one more forward + backward to compile
 SMALL_BATCH = 2
 MAX_SETS = 16  # each set is one more inlined scan to compile
 EXP_CHAINS = 8
@@ -162,15 +182,17 @@ def minimal_bytes(inputs: dict) -> int:
     return sum(size(inputs[k]) for k in ("u", "delta", "B", "C", "z")) + size(inputs["u"])
 
 
-def scan_loop(impl: str, trips: int, empty: bool):
-    """jit(sets, ys) -> ys after `trips` iterations of one call per set; call k reads an element of
-    call k-1's output. `empty`: each call only updates that element of its own output in place."""
+def scan_loop(fn, trips: int, empty: bool):
+    """jit(sets, ys) -> ys after `trips` iterations of one call of `fn(inputs) -> array` per set;
+    call k reads an element of call k-1's output. `empty`: each call only updates that element of
+    its own output in place."""
 
     def call(inputs, own_y, previous_y):
-        bias = inputs["delta_bias"] + previous_y[0, 0, 0].astype(jnp.float32) * DEPENDENCE
+        first = (0,) * previous_y.ndim
+        bias = inputs["delta_bias"] + previous_y[first].astype(jnp.float32) * DEPENDENCE
         if empty:
-            return own_y.at[0, 0, 0].add(bias[0].astype(own_y.dtype))
-        return selective_scan(**{**inputs, "delta_bias": bias}, delta_softplus=True, impl=impl)
+            return own_y.at[first].add(bias[0].astype(own_y.dtype))
+        return fn({**inputs, "delta_bias": bias})
 
     def run(sets, ys):
         def trip(_, ys):
@@ -184,15 +206,16 @@ def scan_loop(impl: str, trips: int, empty: bool):
     return jax.jit(run)
 
 
-def time_scan(impl: str, input_sets: list, calls: int, repeats: int) -> dict:
-    """Seconds per call (loop minus empty loop) and whether a Pallas kernel fell back to chunked."""
+def time_scan(fn, input_sets: list, calls: int, repeats: int) -> dict:
+    """Seconds per call of `fn` (loop minus empty loop) and whether a Pallas kernel fell back."""
     trips = -(-calls // len(input_sets))
-    ys = tuple(jnp.zeros_like(s["u"]) for s in input_sets)
+    out = jax.eval_shape(fn, input_sets[0])
+    ys = tuple(jnp.zeros(out.shape, out.dtype) for _ in input_sets)
     seconds = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for empty in (False, True):
-            compiled = scan_loop(impl, trips, empty).lower(input_sets, ys).compile()
+            compiled = scan_loop(fn, trips, empty).lower(input_sets, ys).compile()
             run = lambda: jax.block_until_ready(compiled(input_sets, ys))
             seconds[empty] = median_seconds(run, repeats, warmup=1)
     fell_back = any("using impl='chunked'" in str(w.message) for w in caught)
@@ -204,6 +227,7 @@ def time_scan(impl: str, input_sets: list, calls: int, repeats: int) -> dict:
         "empty_loop_us_per_call": seconds[True] / total_calls * 1e6,
         "us_per_call": (seconds[False] - seconds[True]) / total_calls * 1e6,
         "fell_back_to_chunked": fell_back,
+        "warnings": sorted({str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)}),
     }
 
 
@@ -240,7 +264,8 @@ def bench_shape(name, shape, batch, impls, ceilings, args):
     length, channels, state = shape[:3]
     exps = batch * length * channels * state
     for impl in impls:
-        timing = time_scan(impl, sets, args.calls, args.repeats)
+        scan = lambda inputs, impl=impl: selective_scan(**inputs, delta_softplus=True, impl=impl)
+        timing = time_scan(scan, sets, args.calls, args.repeats)
         row = {
             "bench": "scan_roofline",
             "shape": name,
@@ -259,6 +284,95 @@ def bench_shape(name, shape, batch, impls, ceilings, args):
         else:
             row["note"] = "the loop was not measurably slower than the empty loop: raise --calls"
         print(json.dumps(row), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# SS2D: VMamba's four-direction scan of a grid (sarf_jax.ops.cross_scan), fused or not
+
+
+def ss2d_inputs(batch, height, width, d_inner, state, dt_rank, seed):
+    """bf16 x (the grid), dt, dt_weight, B, C; fp32 A, D, delta_bias (as SS2D passes them)."""
+    rng = np.random.default_rng(seed)
+    bf16 = lambda *shape, s=1.0: jnp.asarray(s * rng.standard_normal(shape), jnp.bfloat16)
+    per_position = (batch, height, width, 4)
+    return dict(
+        x=bf16(batch, height, width, d_inner),
+        dt=bf16(*per_position, dt_rank),
+        dt_weight=bf16(4, d_inner, dt_rank, s=dt_rank**-0.5),
+        A=-jnp.exp(jnp.asarray(rng.standard_normal((4 * d_inner, state)) * 0.5, jnp.float32)),
+        B=bf16(*per_position, state),
+        C=bf16(*per_position, state),
+        D=jnp.ones((4 * d_inner,), jnp.float32),
+        delta_bias=jnp.asarray(rng.uniform(-4, -2, 4 * d_inner), jnp.float32),
+    )
+
+
+def ss2d_function(variant: str, mode: str):
+    """inputs -> array: the merged y (forward), or du plus every other gradient folded in at
+    DEPENDENCE scale so that none is dead (forward_backward)."""
+    impl, fused = SS2D_VARIANTS[variant]
+
+    def forward(inputs):
+        return cross_selective_scan(**inputs, impl=impl, fused=fused)
+
+    if mode == "forward":
+        return forward
+
+    def forward_backward(inputs):
+        names = list(inputs)
+        loss = lambda *values: jnp.sum(forward(dict(zip(names, values))))
+        grads = jax.grad(loss, argnums=tuple(range(len(names))))(*inputs.values())
+        others = sum(jnp.sum(g.astype(jnp.float32)) for name, g in zip(names, grads) if name != "x")
+        return grads[0] + (others * DEPENDENCE).astype(grads[0].dtype)
+
+    return forward_backward
+
+
+def ss2d_minimal(inputs: dict, mode: str) -> tuple[int, int]:
+    """(bytes, exps) any SS2D scan must move and compute: forward reads x, dt, B, C and writes the
+    merged fp32 y; forward_backward adds reading them and dy and writing their gradients, and
+    computes every exp(delta A) twice (once more in the backward pass)."""
+    size = lambda x: x.size * x.dtype.itemsize
+    grid_inputs = sum(size(inputs[k]) for k in ("x", "dt", "B", "C"))
+    y = inputs["x"].size * 4
+    exps = inputs["x"].size * inputs["A"].size // inputs["x"].shape[-1]  # batch x L x 4 d_inner x state
+    if mode == "forward":
+        return grid_inputs + y, exps
+    return 2 * (grid_inputs + y) + grid_inputs, 2 * exps
+
+
+def bench_ss2d(name, shape, batch, variants, ceilings, args):
+    """One row per (mode, variant) for one SS2D shape and batch."""
+    first = ss2d_inputs(batch, *shape, seed=0)
+    set_bytes = sum(x.size * x.dtype.itemsize for x in first.values())
+    sets = [first] + [
+        ss2d_inputs(batch, *shape, seed=k)
+        for k in range(1, min(SS2D_MAX_SETS, number_of_sets(set_bytes, args.working_set_mib)))
+    ]
+    for mode in ("forward", "forward_backward"):
+        bytes_moved, exps = ss2d_minimal(first, mode)
+        for variant in variants:
+            timing = time_scan(ss2d_function(variant, mode), sets, args.calls, args.repeats)
+            impl, fused = SS2D_VARIANTS[variant]
+            row = {
+                "bench": "ss2d_roofline",
+                "shape": name,
+                "batch": batch,
+                **dict(zip(SS2D_FIELDS, shape)),
+                "dtype": "bfloat16",
+                "mode": mode,
+                "variant": variant,
+                "impl": impl,
+                "fused": fused,
+                "bytes": bytes_moved,
+                "exps": exps,
+                **timing,
+            }
+            if timing["us_per_call"] > 0:
+                row.update(roofline_fields(bytes_moved, exps, timing["us_per_call"], ceilings))
+            else:
+                row["note"] = "the loop was not measurably slower than the empty loop: raise --calls"
+            print(json.dumps(row), flush=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,6 +395,16 @@ def parse_args():
     parser.add_argument("--shapes", nargs="+", choices=tuple(SHAPES), default=tuple(SHAPES))
     parser.add_argument("--batch", nargs="+", type=int, default=None, help="batch sizes (default 32 2; small: 2)")
     parser.add_argument("--impls", nargs="+", default=None, help="selective_scan impls (default: the platform's)")
+    parser.add_argument(
+        "--ss2d", action="store_true", help="time SS2D's four-direction scan (fused or not) instead of selective_scan"
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=tuple(SS2D_VARIANTS),
+        default=None,
+        help="with --ss2d (default: the platform's)",
+    )
     parser.add_argument("--small", action="store_true", help="tiny shapes, batch 2 (the default on a CPU)")
     parser.add_argument("--full", action="store_true", help="the real shapes even on a CPU")
     parser.add_argument("--calls", type=int, default=52, help="scan calls per timed loop (>= 50)")
@@ -311,6 +435,7 @@ def with_platform_defaults(args, backend: str):
     args.working_set_mib = (0 if cpu else 256) if args.working_set_mib is None else args.working_set_mib
     args.batch = args.batch or ([SMALL_BATCH] if args.small else [32, 2])
     args.impls = args.impls or list(platform_impls(backend))
+    args.variants = args.variants or (["chunked", "reference"] if cpu else ["fused", "unfused", "chunked"])
     for impl in args.impls:
         resolve_impl(impl)  # a ValueError naming the valid impls
     return args
@@ -324,6 +449,12 @@ def main():
         **exp_ceiling(args.exp_elements, args.exp_depth, args.repeats),
     }
     print(json.dumps({"bench": "ceilings", **ceilings}), flush=True)
+    if args.ss2d:
+        shapes = SMALL_SS2D_SHAPES if args.small else SS2D_SHAPES
+        for batch in args.batch:
+            for name in (n for n in args.shapes if n in shapes):
+                bench_ss2d(name, shapes[name], batch, args.variants, ceilings, args)
+        return
     shapes = SMALL_SHAPES if args.small else SHAPES
     for batch in args.batch:
         for name in args.shapes:

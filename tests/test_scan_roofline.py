@@ -85,3 +85,23 @@ def test_input_sets_outgrow_the_working_set():
     assert module.number_of_sets(2**20, 0) == 4
     assert module.number_of_sets(2**20, 10) == 10  # 10 sets of 1 MiB exceed 10 MiB
     assert module.number_of_sets(2**20, 1e6) == module.MAX_SETS
+
+
+def test_ss2d_rows_time_each_mode_and_variant_against_the_minimal_traffic():
+    """--ss2d: one row per (mode, variant) of SS2D's four-direction scan; on a GPU the variants are
+    the fused kernel, the unfused one and `chunked` (tests/ops/test_cross_scan.py checks that the
+    fused kernel is right; interpret mode here would time the interpreter)."""
+    command = [sys.executable, str(SCRIPT), "--ss2d", "--small", "--shapes", "vmamba_t_stage2"]
+    command += ["--variants", "chunked", "--calls", "50", "--repeats", "3", "--copy-mib", "8"]
+    result = subprocess.run(command + ["--exp-elements", str(2**16)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if '"ss2d_roofline"' in line]
+    assert [(row["mode"], row["variant"]) for row in rows] == [("forward", "chunked"), ("forward_backward", "chunked")]
+    height, width, d_inner, state, dt_rank = roofline_module().SMALL_SS2D_SHAPES["vmamba_t_stage2"]
+    grid = 2 * height * width  # batch 2
+    reads = 2 * grid * (d_inner + 4 * dt_rank + 2 * 4 * state)  # bf16 x, dt, B, C
+    forward_bytes = reads + 4 * grid * d_inner  # + the merged fp32 y
+    assert rows[0]["bytes"] == forward_bytes and rows[1]["bytes"] == 2 * forward_bytes + reads
+    assert rows[0]["exps"] == grid * 4 * d_inner * state and rows[1]["exps"] == 2 * rows[0]["exps"]
+    for row in rows:
+        assert row["us_per_call"] > 0 and row["x_floor"] > 0.5 and not row["warnings"], row

@@ -9,8 +9,8 @@ Convention (fvcore, as used by the official VMamba / Vim / PlainMamba FLOP table
   it are quoted with two digits.)
 
 Scans and depthwise convolutions are jit regions named `selective_scan_core` (or
-`selective_scan_pallas`), `causal_depthwise_conv1d` and `depthwise_conv2d`; the counter charges
-them by rule instead of looking inside.
+`selective_scan_pallas`, or SS2D's fused `cross_scan_pallas`), `causal_depthwise_conv1d` and
+`depthwise_conv2d`; the counter charges them by rule instead of looking inside.
 """
 
 from __future__ import annotations
@@ -37,6 +37,12 @@ def _pallas_selective_scan_flops(invars) -> int:
     return 9 * elements * A.aval.shape[-1] + extras * elements
 
 
+def _cross_scan_pallas_flops(invars) -> int:
+    delta, A = invars[:2]  # delta: (batch, H*W, 4 * d_inner), one element per scanned channel; D given
+    elements = math.prod(delta.aval.shape)
+    return 9 * elements * A.aval.shape[-1] + elements
+
+
 def _causal_conv_flops(invars) -> int:
     x, kernel = invars[:2]
     return math.prod(x.aval.shape) * kernel.aval.shape[0]
@@ -50,6 +56,7 @@ def _depthwise_conv2d_flops(invars) -> int:
 REGION_RULES = {
     "selective_scan_core": _selective_scan_flops,
     "selective_scan_pallas": _pallas_selective_scan_flops,
+    "cross_scan_pallas": _cross_scan_pallas_flops,
     "causal_depthwise_conv1d": _causal_conv_flops,
     "depthwise_conv2d": _depthwise_conv2d_flops,
 }

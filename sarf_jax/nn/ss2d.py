@@ -16,9 +16,9 @@ forward_type
              LayerNorm(y) · SiLU(z). (The official SS2Dv0 always uses a 3x3 conv with bias;
              sarf_jax.convert.vmamba passes those values for it.)
 
-The four directions (csm_triton.py `cross_scan_fwd` / `cross_merge_fwd`, scans=0):
-k=0 row-major, k=1 column-major, k=2 reversed row-major, k=3 reversed column-major; they are
-plain transposes and flips of the grid, so any H, W (odd included) works.
+The four directions and their merge are sarf_jax.ops.cross_scan's: k=0 row-major, k=1
+column-major, k=2 reversed row-major, k=3 reversed column-major, any H, W (odd included). With
+the GPU kernel the cross-scan is fused into it (see that module).
 
 Parameters keep the official names; K-stacked tensors hold direction k at slice k:
 
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from einops import rearrange
 from flax import nnx
 
 from sarf_jax.nn.checks import check_positive_ints
@@ -51,36 +50,9 @@ from sarf_jax.nn.conv import DepthwiseConv2d
 from sarf_jax.nn.initializers import torch_default
 from sarf_jax.nn.norm import LayerNorm
 from sarf_jax.nn.ssm_config import SSMConfig
-from sarf_jax.ops import selective_scan
+from sarf_jax.ops.cross_scan import DIRECTIONS, cross_selective_scan
 
 FORWARD_TYPES = ("v05_noz", "v0")
-DIRECTIONS = 4  # K
-
-
-def cross_scan(x: jax.Array) -> jax.Array:
-    """(batch, H, W, C) grid -> (batch, H·W, 4, C): the grid read in the four scan orders."""
-    rows = rearrange(x, "b h w c -> b (h w) c")
-    columns = rearrange(x, "b h w c -> b (w h) c")
-    forward = jnp.stack([rows, columns], axis=2)
-    return jnp.concatenate([forward, jnp.flip(forward, axis=1)], axis=2)
-
-
-def cross_scan_per_direction(x: jax.Array) -> jax.Array:
-    """(batch, H, W, 4, C) per-position values of each direction -> (batch, H·W, 4, C): direction k's
-    slice read in scan order k (what `cross_scan` does to a value every direction shares)."""
-    rows = rearrange(x, "b h w k c -> b (h w) k c")
-    columns = rearrange(x, "b h w k c -> b (w h) k c")
-    return jnp.stack(
-        [rows[:, :, 0], columns[:, :, 1], jnp.flip(rows[:, :, 2], axis=1), jnp.flip(columns[:, :, 3], axis=1)], axis=2
-    )
-
-
-def cross_merge(ys: jax.Array, height: int, width: int) -> jax.Array:
-    """(batch, H·W, 4, C) outputs in scan order -> (batch, H, W, C), their sum in grid order."""
-    y = ys[:, :, :2] + jnp.flip(ys[:, :, 2:], axis=1)
-    rows = rearrange(y[:, :, 0], "b (h w) c -> b h w c", h=height, w=width)
-    columns = rearrange(y[:, :, 1], "b (w h) c -> b h w c", h=height, w=width)
-    return rows + columns
 
 
 class SS2D(nnx.Module):
@@ -169,35 +141,19 @@ class SS2D(nnx.Module):
 
         u goes to the scan in the compute dtype (not up-cast here: the scan computes in float32
         whatever it is given, and a bfloat16 u is half the bytes to read)."""
-        height, width = x.shape[1:3]
         R, N = self.dt_rank, self.d_state
-        xs = cross_scan(x)  # (batch, L, K, d_inner)
-        # x_proj of every direction at every grid position, then reordered: one matmul over the
-        # grid instead of a batched one over the 4x larger cross-scanned xs (same products).
+        # x_proj of every direction at every grid position: one matmul over the grid instead of
+        # a batched one over the 4x larger cross-scanned grid (same products).
         x_dbl = jnp.einsum("bhwd,kcd->bhwkc", x, self.x_proj_weight[...].astype(x.dtype))
-        dt, B, C = jnp.split(cross_scan_per_direction(x_dbl), [R, R + N], axis=-1)
-        delta = _project_dt(dt, self.dt_projs_weight[...].astype(dt.dtype))
-        flat = lambda t: rearrange(t, "b l k d -> b l (k d)")
-        ys = selective_scan(
-            flat(xs),
-            flat(delta),
+        dt, B, C = jnp.split(x_dbl, [R, R + N], axis=-1)
+        return cross_selective_scan(
+            x,
+            dt,
+            self.dt_projs_weight[...].astype(dt.dtype),
             -jnp.exp(self.A_logs[...]),
             B,
             C,
             self.Ds[...],
-            delta_bias=self.dt_projs_bias[...].reshape(-1),
-            delta_softplus=True,
+            self.dt_projs_bias[...].reshape(-1),
             **self.ssm.scan_options(),
         )
-        ys = rearrange(ys.astype(jnp.float32), "b l (k d) -> b l k d", k=DIRECTIONS)
-        return cross_merge(ys, height, width)
-
-
-def _project_dt(dt: jax.Array, weight: jax.Array) -> jax.Array:
-    """delta[b, l, k] = weight[k] @ dt[b, l, k]: (batch, L, K, R), (K, d_inner, R) -> (batch, L, K, d_inner).
-
-    One matmul per direction, stacked, rather than the batched einsum "blkr,kdr->blkd": XLA
-    computes that one direction-major and transposes its full-size result, which on the CPU cost
-    ~30% of SS2D's forward at VMamba-T's stage 0 (the softplus fused into that transpose).
-    """
-    return jnp.stack([dt[:, :, k] @ weight[k].T for k in range(weight.shape[0])], axis=2)

@@ -31,6 +31,14 @@ chunk's states into registers (the chunk loop is unrolled in Python, so every st
 value) and runs the reverse recurrence over them. dA, dD, d(delta_bias) are per-program sums
 (batch rows reduced outside); dB, dC are per-channel-tile sums reduced outside.
 
+Cross-scan (VMamba's SS2D, `grid` set): the same kernels read a channels-last (height, width) grid
+through index maps instead of a sequence. Group k is scan direction k (rows, columns, rows
+reversed, columns reversed, as sarf_jax.ops.cross_scan.cross_scan orders them): step t of group k
+reads and writes grid position `_position(k, t)`. u (batch, H*W, d_inner) is shared by the four
+groups; delta, B, C, y and du are (batch, H*W, 4 * d_inner) / (batch, H*W, 4, state) in grid
+order, so no cross-scanned copy of u or delta and no reordering of y reaches memory. du comes out
+per direction and is summed over the four outside (a contiguous reduction).
+
 Constraints (else the dispatcher falls back to `chunked`): state a power of two.
 """
 
@@ -66,6 +74,7 @@ class Static:
     has_z: bool
     return_last_state: bool
     interpret: object
+    grid: tuple[int, int] | None = None  # (height, width) of a cross-scan, see the module docstring
 
     @property
     def per_group(self):
@@ -89,13 +98,21 @@ def channel_tile_for(per_group: int) -> int:
     return min(CHANNEL_TILE, per_group & -per_group)
 
 
-def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret) -> Static | None:
-    """The kernels' static configuration for these arguments, or None if they cannot take them."""
+def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret, grid=None) -> Static | None:
+    """The kernels' static configuration for these arguments, or None if they cannot take them.
+
+    With `grid` (height, width), u is the (batch, height * width, d_inner) grid shared by the four
+    directions, B is (batch, height * width, 4, state) and A (4 * d_inner, state).
+    """
     batch, length, channels = u.shape
     state = A.shape[1]
     groups = B.shape[2] if B.ndim == 4 else 1
     if not _is_power_of_two(state):
         return None
+    if grid is not None:
+        channels = A.shape[0]
+        if groups != 4 or grid[0] * grid[1] != length or channels != 4 * u.shape[2] or z is not None:
+            raise ValueError(f"scan_pallas_gpu: a cross-scan takes 4 directions and no z, got u {u.shape}, B {B.shape}")
     return Static(
         batch,
         length,
@@ -108,6 +125,7 @@ def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret) -> S
         z is not None,
         bool(return_last_state),
         interpret,
+        None if grid is None else (int(grid[0]), int(grid[1])),
     )
 
 
@@ -122,19 +140,34 @@ class _Program:
         self.batch, self.group, tile = pl.program_id(0), pl.program_id(1), pl.program_id(2)
         first = self.group * static.per_group + tile * static.channel_tile
         self.channels = pl.ds(pl.multiple_of(first, static.channel_tile), static.channel_tile)
+        # u's channels: a cross-scan's four directions share one u of per_group channels
+        first_u = tile * static.channel_tile if static.grid else first
+        self.u_channels = pl.ds(pl.multiple_of(first_u, static.channel_tile), static.channel_tile)
         self.tile = tile
         self.A = A_ref[:, self.channels]  # (state, channel_tile)
         self.D = D_ref[self.channels]
         self.bias = bias_ref[self.channels]
 
 
-def _load_step(static: Static, p: _Program, t, u_ref, delta_ref, B_ref, C_ref):
-    """fp32 (u, raw delta + bias, step, B column, C column) of step t for this program."""
-    u = u_ref[p.batch, t, p.channels].astype(F32)
-    step_in = delta_ref[p.batch, t, p.channels].astype(F32) + p.bias
+def _position(static: Static, group, t):
+    """The row that step t of this program reads and writes: t itself, or for a cross-scan the
+    grid position (raster index) direction `group` visits at step t."""
+    if static.grid is None:
+        return t
+    height, width = static.grid
+    # lax.rem / lax.div: all values are >= 0, and jnp's % lowers to a sign fix-up Triton rejects
+    s = lax.select(group >= 2, static.length - 1 - t, t)  # directions 2, 3 run backwards
+    column_major = lax.rem(group, 2) == 1  # directions 1, 3
+    return lax.select(column_major, lax.rem(s, height) * width + lax.div(s, height), s)
+
+
+def _load_step(static: Static, p: _Program, row, u_ref, delta_ref, B_ref, C_ref):
+    """fp32 (u, raw delta + bias, step, B column, C column) at `row` for this program."""
+    u = u_ref[p.batch, row, p.u_channels].astype(F32)
+    step_in = delta_ref[p.batch, row, p.channels].astype(F32) + p.bias
     step = jax.nn.softplus(step_in) if static.delta_softplus else step_in
-    B = B_ref[p.batch, t, p.group, :].astype(F32)[:, None]
-    C = C_ref[p.batch, t, p.group, :].astype(F32)[:, None]
+    B = B_ref[p.batch, row, p.group, :].astype(F32)[:, None]
+    C = C_ref[p.batch, row, p.group, :].astype(F32)[:, None]
     return u, step_in, step, B, C
 
 
@@ -149,12 +182,13 @@ def _forward_kernel(static: Static, save_chunk_states: bool, *refs):
     p = _Program(static, A_ref, D_ref, bias_ref)
 
     def scan_step(t, h):
-        u, _, step, B, C = _load_step(static, p, t, u_ref, delta_ref, B_ref, C_ref)
+        row = _position(static, p.group, t)
+        u, _, step, B, C = _load_step(static, p, row, u_ref, delta_ref, B_ref, C_ref)
         h = jnp.exp(step[None, :] * p.A) * h + (step * u)[None, :] * B
         y = jnp.sum(h * C, axis=0) + p.D * u
         if static.has_z:
-            y = y * jax.nn.silu(z_ref[p.batch, t, p.channels].astype(F32))
-        y_ref[p.batch, t, p.channels] = y.astype(y_ref.dtype)
+            y = y * jax.nn.silu(z_ref[p.batch, row, p.channels].astype(F32))
+        y_ref[p.batch, row, p.channels] = y.astype(y_ref.dtype)
         return h
 
     h = jnp.zeros((static.state, static.channel_tile), F32)
@@ -192,17 +226,18 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
             t = k * static.chunk + j
             valid = t <= last_step
             t = jnp.minimum(t, last_step)  # past the end: read a real row, use step 0
-            u, step_in, step, B, C = _load_step(static, p, t, u_ref, delta_ref, B_ref, C_ref)
+            row = _position(static, p.group, t)
+            u, step_in, step, B, C = _load_step(static, p, row, u_ref, delta_ref, B_ref, C_ref)
             step = jnp.where(valid, step, 0.0)
             decay = jnp.exp(step[None, :] * p.A)
             states.append(decay * states[-1] + (step * u)[None, :] * B)
-            steps.append((t, valid, u, step_in, step, B, C, decay))
+            steps.append((row, valid, u, step_in, step, B, C, decay))
         # Reverse recurrence over the chunk.
         for j in reversed(range(static.chunk)):
-            t, valid, u, step_in, step, B, C, decay = steps[j]
-            g_readout = gy_ref[p.batch, t, p.channels].astype(F32)
+            row, valid, u, step_in, step, B, C, decay = steps[j]
+            g_readout = gy_ref[p.batch, row, p.channels].astype(F32)
             if static.has_z:
-                z = z_ref[p.batch, t, p.channels].astype(F32)
+                z = z_ref[p.batch, row, p.channels].astype(F32)
                 sigmoid_z = jax.nn.sigmoid(z)
                 y_before_gate = jnp.sum(states[j + 1] * C, axis=0) + p.D * u
                 gz = g_readout * y_before_gate * sigmoid_z * (1.0 + z * (1.0 - sigmoid_z))
@@ -221,12 +256,12 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
 
             @pl.when(valid)
             def _():
-                gu_ref[p.batch, t, p.channels] = (g_readout * p.D + step * g_drive_B).astype(gu_ref.dtype)
-                gdelta_ref[p.batch, t, p.channels] = g_step.astype(gdelta_ref.dtype)
+                gu_ref[p.batch, row, p.channels] = (g_readout * p.D + step * g_drive_B).astype(gu_ref.dtype)
+                gdelta_ref[p.batch, row, p.channels] = g_step.astype(gdelta_ref.dtype)
                 if static.has_z:
-                    gz_ref[p.batch, t, p.channels] = gz.astype(gz_ref.dtype)
-                gB_ref[p.batch, p.group, p.tile, t, :] = jnp.sum(g_h * (step * u)[None, :], axis=1)
-                gC_ref[p.batch, p.group, p.tile, t, :] = jnp.sum(states[j + 1] * g_readout[None, :], axis=1)
+                    gz_ref[p.batch, row, p.channels] = gz.astype(gz_ref.dtype)
+                gB_ref[p.batch, p.group, p.tile, row, :] = jnp.sum(g_h * (step * u)[None, :], axis=1)
+                gC_ref[p.batch, p.group, p.tile, row, :] = jnp.sum(states[j + 1] * g_readout[None, :], axis=1)
 
             g_h = g_h * decay
         return g_h, gA, gD, gbias
@@ -260,7 +295,7 @@ def _kernel_operands(static: Static, A, B, C, D, delta_bias):
 def _forward(static: Static, save_chunk_states: bool, u, delta, z, A, B, C, D, delta_bias):
     """(y, chunk start states (batch, chunks, state, channels) or None, last state or None)."""
     inputs = [u, delta] + ([z] if static.has_z else []) + list(_kernel_operands(static, A, B, C, D, delta_bias))
-    out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype)]
+    out_shape = [jax.ShapeDtypeStruct(delta.shape, u.dtype)]  # a cross-scan's y is per direction
     if save_chunk_states:
         out_shape.append(jax.ShapeDtypeStruct((static.batch, static.num_chunks, static.state, static.channels), F32))
     if static.return_last_state:
@@ -293,10 +328,10 @@ def _backward(static: Static, residuals, gy, g_last_state):
     )
     if has_g_last:
         inputs.append(jnp.swapaxes(g_last_state.astype(F32), 1, 2))
-    sequence_grads = [u, delta] + ([z] if static.has_z else [])
     partial_bc = (static.batch, static.groups, static.tiles_per_group, static.length, static.state)
     out_shape = (
-        [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in sequence_grads]
+        [jax.ShapeDtypeStruct(delta.shape, u.dtype)]  # du; a cross-scan's per direction
+        + [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in [delta] + ([z] if static.has_z else [])]
         + [jax.ShapeDtypeStruct(partial_bc, F32)] * 2
         + [jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32)]
         + [jax.ShapeDtypeStruct((static.batch, static.channels), F32)] * 2
@@ -312,6 +347,8 @@ def _backward(static: Static, residuals, gy, g_last_state):
         )(*inputs)
     )
     gu, gdelta = grads.pop(0), grads.pop(0)
+    if static.grid:  # the four directions' contributions to the shared u
+        gu = gu.reshape(*u.shape[:2], 4, u.shape[2]).sum(axis=2, dtype=F32).astype(u.dtype)
     gz = grads.pop(0) if static.has_z else None
     gB_partial, gC_partial, gA_partial, gD_partial, gbias_partial = grads
 
@@ -354,6 +391,7 @@ _scan.defvjp(_scan_forward, _scan_backward)
 def scan(static: Static, u, delta, A, B, C, D, z, delta_bias):
     """y (u.dtype) and the last state (batch, channels, state) fp32 or None; differentiable.
 
-    D and delta_bias must be arrays (zeros when absent); shapes as in selective_scan.
+    D and delta_bias must be arrays (zeros when absent); shapes as in selective_scan, or for a
+    cross-scan as in `static_for` (y then has delta's shape: per direction, in grid order).
     """
     return _scan(static, u, delta, z, A, B, C, D, delta_bias)

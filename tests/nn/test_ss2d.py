@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from sarf_jax.convert import load_state_dict
-from sarf_jax.nn.ss2d import SS2D, cross_merge, cross_scan, cross_scan_per_direction
+from sarf_jax.nn.ss2d import SS2D
 
 
 def reference_ss2d(x_nhwc, sd, *, gated, d_state, dt_rank, eps=1e-5):
@@ -123,31 +123,6 @@ def test_matches_numpy_port_of_the_official_forward(forward_type, d_state, ssm_r
     np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(layer, jnp.asarray(x)), expected, atol=1e-5, rtol=0)
 
 
-def test_cross_scan_reads_rows_columns_and_their_reverses_on_odd_grids():
-    height, width = 3, 5
-    grid = np.arange(height * width, dtype=np.float32).reshape(1, height, width, 1)
-    sequences = np.asarray(cross_scan(jnp.asarray(grid)))[0, :, :, 0]  # (L, K)
-    row_major = np.arange(height * width)
-    column_major = np.arange(height * width).reshape(height, width).T.reshape(-1)
-    np.testing.assert_array_equal(sequences[:, 0], row_major)
-    np.testing.assert_array_equal(sequences[:, 1], column_major)
-    np.testing.assert_array_equal(sequences[:, 2], row_major[::-1])
-    np.testing.assert_array_equal(sequences[:, 3], column_major[::-1])
-    # merging puts every direction back in grid order: four copies of the grid
-    np.testing.assert_array_equal(cross_merge(cross_scan(jnp.asarray(grid)), height, width), 4 * grid)
-
-
-def test_cross_scan_per_direction_reads_direction_k_in_order_k():
-    # a per-position value that differs by direction: direction k's slice must come out in scan
-    # order k, exactly as cross_scan orders a value shared by all directions
-    height, width, channels = 3, 5, 2
-    values = np.random.default_rng(0).normal(size=(2, height, width, 4, channels)).astype(np.float32)
-    result = np.asarray(cross_scan_per_direction(jnp.asarray(values)))
-    for k in range(4):
-        expected = np.asarray(cross_scan(jnp.asarray(values[:, :, :, k])))[:, :, k]
-        np.testing.assert_array_equal(result[:, :, k], expected)
-
-
 def test_odd_grid_keeps_shape_under_jit_and_grad():
     layer = SS2D(16, d_state=1, rngs=nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 7, 9, 16)), jnp.float32)
@@ -161,11 +136,13 @@ def test_odd_grid_keeps_shape_under_jit_and_grad():
 def test_bfloat16_compute_passes_u_to_the_scan_unconverted(monkeypatch):
     """u reaches selective_scan in the compute dtype (the scan computes in float32 itself); the
     merged scan output is float32 and close to the float32 module's."""
-    import sarf_jax.nn.ss2d as ss2d_module
+    import sarf_jax.ops.cross_scan as cross_scan_module
 
     seen = []
-    original = ss2d_module.selective_scan
-    monkeypatch.setattr(ss2d_module, "selective_scan", lambda u, *a, **k: seen.append(u.dtype) or original(u, *a, **k))
+    original = cross_scan_module.selective_scan
+    monkeypatch.setattr(
+        cross_scan_module, "selective_scan", lambda u, *a, **k: seen.append(u.dtype) or original(u, *a, **k)
+    )
     layer = SS2D(16, d_state=1, rngs=nnx.Rngs(0))
     x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 5, 6, 16)), jnp.float32)
     merged = layer.scan(x)
@@ -194,12 +171,13 @@ def test_bad_arguments_raise_value_error_naming_the_field(kwargs, field):
         SS2D(16, rngs=nnx.Rngs(0))(jnp.ones((1, 4, 4, 8)))
 
 
-def test_flop_count_is_the_papers_analytic_count():
+@pytest.mark.parametrize("scan_impl", ["auto", "pallas_gpu"])  # pallas_gpu: the fused cross-scan kernel
+def test_flop_count_is_the_papers_analytic_count(scan_impl):
     """MACs of the projections and the 3x3 depthwise conv, 9·L·(K·E)·N + L·K·E for the scan."""
     from sarf_jax.evaluate import count_flops
 
     C, E, N, R, K, H, W = 96, 96, 1, 6, 4, 7, 9  # VMamba-T stage-0 widths on an odd grid
-    layer = nnx.eval_shape(lambda: SS2D(C, d_state=N, rngs=nnx.Rngs(0)))
+    layer = nnx.eval_shape(lambda: SS2D(C, d_state=N, scan_impl=scan_impl, rngs=nnx.Rngs(0)))
     L = H * W
     expected = (
         L * C * E + L * E * 9 + K * L * E * (R + 2 * N) + K * L * R * E + 9 * L * K * E * N + L * K * E + L * E * C
@@ -207,3 +185,15 @@ def test_flop_count_is_the_papers_analytic_count():
     graphdef, state = nnx.split(layer)
     flops = count_flops(lambda s, x: nnx.merge(graphdef, s)(x), state, jax.ShapeDtypeStruct((1, H, W, C), jnp.float32))
     assert flops == expected
+
+
+def test_gpu_kernel_scans_the_grid_fused_and_matches_the_xla_path():
+    """scan_impl="pallas_gpu" (interpreted here) runs the cross-scan fused into the kernel and
+    gives the XLA path's output."""
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 5, 3, 16)), jnp.float32)
+    outputs = {}
+    for impl in ("reference", "pallas_gpu"):
+        layer = SS2D(16, d_state=2, forward_type="v0", scan_impl=impl, rngs=nnx.Rngs(0))
+        outputs[impl] = layer(x)
+    assert "cross_scan_pallas" in str(jax.make_jaxpr(lambda x: layer(x))(x))
+    np.testing.assert_allclose(outputs["pallas_gpu"], outputs["reference"], atol=1e-5, rtol=1e-5)
