@@ -29,6 +29,7 @@ from flax import nnx
 
 from sarf_jax import models
 from sarf_jax.analysis import machine_info, median_seconds, model_gflops, parameter_count
+from sarf_jax.ops import compiler_options
 
 
 def bench(
@@ -70,8 +71,9 @@ def bench(
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     start = time.perf_counter()
-    forward_c = jax.jit(forward).lower(state, images).compile()
-    grad_c = jax.jit(jax.grad(loss)).lower(params, rest, images, labels).compile()
+    options = compiler_options()  # what sarf_jax's own steps compile with
+    forward_c = jax.jit(forward, compiler_options=options).lower(state, images).compile()
+    grad_c = jax.jit(jax.grad(loss), compiler_options=options).lower(params, rest, images, labels).compile()
     compile_s = time.perf_counter() - start
     run_forward = lambda: jax.block_until_ready(forward_c(state, images))
     if forward_timers is not None:

@@ -47,6 +47,7 @@ from flax import nnx
 
 from sarf_jax import models, reduction
 from sarf_jax.analysis import machine_info
+from sarf_jax.ops import compiler_options
 
 KINDS = ("scan", "depthwise_conv", "reduction", "norm", "matmul", "layout", "elementwise", "other")
 # name -> (img_size, in_chans, batch): the configurations the CPU results quote
@@ -219,8 +220,9 @@ def _outermost(events):
 
 
 def profile(fn, args, *, steps: int, warmup: int = 2) -> dict:
-    """Compile jax.jit(fn), run it `steps` times under the profiler; per-kind ms per step."""
-    compiled = jax.jit(fn).lower(*args).compile()
+    """Compile jax.jit(fn) (with sarf_jax's compiler options), run it `steps` times under the
+    profiler; per-kind ms per step."""
+    compiled = jax.jit(fn, compiler_options=compiler_options()).lower(*args).compile()
     text = compiled.as_text()
     module = re.match(r"HloModule ([\w.\-]+)", text)[1]
     ops = parse_hlo(text)

@@ -22,6 +22,7 @@ from flax import nnx
 from sarf_jax import models, reduction
 from sarf_jax.analysis import machine_info, median_seconds, model_gflops
 from sarf_jax.evaluate.sweep import images_per_second
+from sarf_jax.ops import compiler_options
 
 KEEPS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
 SCHEDULES = tuple(f"keep={keep}{sites}" for sites in ("", ",sites=1", ",sites=2") for keep in KEEPS)
@@ -63,7 +64,7 @@ def plan_milliseconds(model, spec, batch: int, repeats: int) -> float:
             plan = reducer.plan(x, out_hw)
             return plan(x), plan(2.0 * x)
 
-        compiled = jax.jit(plan_and_apply).lower(grid).compile()
+        compiled = jax.jit(plan_and_apply, compiler_options=compiler_options()).lower(grid).compile()
         total += median_seconds(lambda: jax.block_until_ready(compiled(grid)), repeats)
     return 1e3 * total
 

@@ -34,8 +34,11 @@ def allocator() -> str:
 
 
 def machine_info() -> dict:
-    """What the benchmarks print about the machine: CPU model, cores, JAX, device kind, allocator, date."""
+    """What the benchmarks print about the machine: CPU model, cores, JAX, device kind, allocator,
+    the XLA options sarf_jax's steps compile with (and XLA_FLAGS), date."""
     import jax
+
+    from sarf_jax.ops import compiler_options
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -49,5 +52,7 @@ def machine_info() -> dict:
         "jax": jax.__version__,
         "device": jax.devices()[0].device_kind,
         "allocator": allocator(),
+        "compiler_options": compiler_options(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "date": datetime.date.today().isoformat(),
     }

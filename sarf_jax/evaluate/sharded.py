@@ -25,6 +25,7 @@ from flax import nnx
 
 from sarf_jax import parallel
 from sarf_jax import reduction as reduction_lib
+from sarf_jax.ops import compiler_options
 
 
 def batch_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict:
@@ -121,7 +122,9 @@ class Evaluator:
         label = reduction_lib.spec_label(spec)
         if label not in self._steps:
             sums = functools.partial(_eval_sums, self.graphdef, spec, self.preprocess)
-            self._steps[label] = jax.jit(sums, out_shardings=parallel.replicated(self.mesh))
+            self._steps[label] = jax.jit(
+                sums, out_shardings=parallel.replicated(self.mesh), compiler_options=compiler_options()
+            )
         return self._steps[label]
 
     def __call__(self, states: tuple, batches: Iterable[dict], spec=None) -> dict:

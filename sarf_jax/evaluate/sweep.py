@@ -26,6 +26,7 @@ from sarf_jax import reduction as reduction_lib
 from sarf_jax.analysis.flops import model_gflops
 from sarf_jax.analysis.timing import median_seconds
 from sarf_jax.evaluate import sharded
+from sarf_jax.ops import compiler_options
 
 RESULTS_FILE = "results.json"
 
@@ -33,7 +34,9 @@ RESULTS_FILE = "results.json"
 def images_per_second(model, spec, *, batch_size: int, img_size: int, in_chans: int, repeats: int = 5) -> float:
     """Measured forward throughput (compile and warm-up excluded) at `batch_size`."""
     graphdef, state = nnx.split(model)
-    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x, reduction=spec))
+    forward = jax.jit(
+        lambda state, x: nnx.merge(graphdef, state)(x, reduction=spec), compiler_options=compiler_options()
+    )
     images = jnp.zeros((batch_size, img_size, img_size, in_chans), jnp.float32)
     compiled = forward.lower(state, images).compile()
     return batch_size / median_seconds(lambda: jax.block_until_ready(compiled(state, images)), repeats)

@@ -21,6 +21,7 @@ import optax
 from flax import nnx
 
 from sarf_jax.data import mixup_cutmix, normalize
+from sarf_jax.ops import compiler_options
 from sarf_jax.parallel import path_string
 from sarf_jax.reduction import parse_spec
 from sarf_jax.train.state import split_model
@@ -73,6 +74,7 @@ def make_train_step(
         in_shardings=(parts.state_shardings, batch_sharding),
         out_shardings=(parts.state_shardings, None),
         donate_argnums=0,
+        compiler_options=compiler_options(),
     )
 
 

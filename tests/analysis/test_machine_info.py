@@ -18,7 +18,7 @@ def test_allocator_names_a_preloaded_malloc_or_the_system_one(monkeypatch):
     monkeypatch.delenv("LD_PRELOAD")
     assert allocator() == "system"
     info = machine_info()
-    assert set(info) == {"cpu", "cores", "jax", "device", "allocator", "date"}
+    assert set(info) == {"cpu", "cores", "jax", "device", "allocator", "compiler_options", "xla_flags", "date"}
     assert info["allocator"] == "system" and info["cores"] >= 1
 
 
