@@ -132,17 +132,20 @@ def loop_seconds(body, init, repeats: int) -> float:
     return (fastest(2 * iterations) - fastest(iterations)) / iterations
 
 
-def resolved(seconds: float, ceiling: str, flags: str) -> float:
-    """`seconds` if positive; else the difference drowned in noise, which no ceiling can come from."""
-    if seconds <= 0:
-        raise RuntimeError(f"the {ceiling} ceiling was not measurable ({seconds:.3g} s): raise {flags}")
-    return seconds
+def resolved(measure, ceiling: str, flags: str, attempts: int = 3) -> float:
+    """The first positive of up to `attempts` calls of `measure()` (a difference of two timings);
+    when every one drowned in noise, no ceiling can come from it."""
+    for _ in range(attempts):
+        seconds = measure()
+        if seconds > 0:
+            return seconds
+    raise RuntimeError(f"the {ceiling} ceiling was not measurable ({seconds:.3g} s, {attempts} tries): raise {flags}")
 
 
 def copy_ceiling(mib: int, repeats: int) -> dict:
     """Bytes/s of reading and writing a `mib` MiB float32 array once."""
     x = jnp.zeros((mib * 2**20 // 4,), jnp.float32)
-    seconds = resolved(loop_seconds(lambda c: c + 1.0, x, repeats), "copy", "--copy-mib")
+    seconds = resolved(lambda: loop_seconds(lambda c: c + 1.0, x, repeats), "copy", "--copy-mib")
     moved = 2 * x.nbytes
     return {"copy_bytes": moved, "copy_seconds": seconds, "copy_gbps": moved / seconds / 1e9}
 
@@ -162,7 +165,7 @@ def exp_ceiling(elements: int, depth: int, repeats: int) -> dict:
         compiled = jax.jit(chains, static_argnums=1).lower(x, exps_per_element).compile()
         return fastest_seconds(lambda: compiled(x), repeats)
 
-    exp_seconds = resolved(seconds(2 * depth) - seconds(depth), "exp", "--exp-elements or --exp-depth")
+    exp_seconds = resolved(lambda: seconds(2 * depth) - seconds(depth), "exp", "--exp-elements or --exp-depth")
     exps = elements * depth
     return {"exp_count": exps, "exp_depth": depth, "exp_seconds": exp_seconds, "gexp_per_s": exps / exp_seconds / 1e9}
 
