@@ -39,7 +39,7 @@ def recurrence(u, delta, A, B, C, *, chunk_size=DEFAULT_CHUNK_SIZE, skip=None):
     """Same contract as scan_reference.recurrence; with `skip` (u's shape, e.g. D·u), y_t is
     <h_t, C_t> + skip_t, written into skip's buffer (one pass over the output fewer)."""
     chunk = min(chunk_size, u.shape[1])
-    y, last_state = _scan(chunk, u, delta, A, B, C, jnp.zeros(u.shape, jnp.float32) if skip is None else skip)
+    y, last_state = _scan(chunk, u, delta, A, B, C, jnp.zeros_like(u, dtype=jnp.float32) if skip is None else skip)
     return y, jnp.swapaxes(last_state, -1, -2)
 
 
@@ -87,8 +87,9 @@ def _forward(chunk, u, delta, A, B, C, skip, *, keep_states):
     batch, length, groups, per_group = u.shape
     whole, rest = _chunk_slices(length, chunk)
     A_t = jnp.swapaxes(A, -1, -2)  # (G, N, H)
-    h0 = jnp.zeros((batch, groups, A.shape[-1], per_group), jnp.float32)
-    starts0 = jnp.zeros((whole + (rest > 0), *h0.shape), jnp.float32) if keep_states else None
+    # zeros made from u keep its sharding: under an explicit mesh a split batch stays split
+    h0 = jnp.broadcast_to(jnp.zeros_like(u[:, 0, :, None, :]), (batch, groups, A.shape[-1], per_group))
+    starts0 = jnp.broadcast_to(h0, (whole + (rest > 0), *h0.shape)) if keep_states else None
 
     def one_chunk(c, carry):
         h, y, starts = carry
@@ -124,7 +125,7 @@ def _scan_backward(chunk, residuals, cotangents):
     dy, g = cotangents
     whole, rest = _chunk_slices(u.shape[1], chunk)
     A_t = jnp.swapaxes(A, -1, -2)
-    grads = tuple(jnp.zeros(x.shape, jnp.float32) for x in (u, delta, B, C))
+    grads = tuple(jnp.zeros_like(x, dtype=jnp.float32) for x in (u, delta, B, C))
     dA = jnp.zeros_like(g)
 
     def one_chunk(start, h0, g, grads, dA, piece):

@@ -1,6 +1,10 @@
 """`chunked` (loop over chunks on the natural layout, hand-written backward) against `reference`:
 forward, the last state and every gradient, over the shapes its bookkeeping can get wrong."""
 
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,3 +112,37 @@ def test_forward_backward_keeps_only_chunk_boundary_states():
     temp = grad.lower(*args.values()).compile().memory_analysis().temp_size_in_bytes
     state_tensor = 4 * batch * length * channels * state
     assert temp < 0.5 * state_tensor, (temp, state_tensor)
+
+
+EXPLICIT_MESH_SCRIPT = textwrap.dedent("""
+    import jax
+    jax.config.update("jax_num_cpu_devices", 2)
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from sarf_jax.ops import selective_scan
+
+    rng = np.random.default_rng(0)
+    n = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
+    args = dict(u=n(4, 13, 8), delta=n(4, 13, 8), A=-jnp.exp(n(8, 4)), B=n(4, 13, 2, 4), C=n(4, 13, 2, 4),
+                D=n(8), z=n(4, 13, 8), delta_bias=n(8))
+    run = lambda **a: selective_scan(**a, delta_softplus=True, return_last_state=True, impl="chunked")
+    loss = lambda a: sum(jnp.sum(x ** 2) for x in run(**a))
+    expected, expected_grads = run(**args), jax.grad(loss)(args)
+    mesh = jax.make_mesh((2,), ("data",))  # explicit axes, jax.make_mesh's default
+    with jax.set_mesh(mesh):
+        sharded = {k: jax.device_put(v, NamedSharding(mesh, P("data"))) if v.shape[0] == 4 else v
+                   for k, v in args.items()}
+        outputs, grads = jax.jit(run)(**sharded), jax.jit(jax.grad(loss))(sharded)
+        assert outputs[0].sharding.spec[0] == "data" and grads["u"].sharding.spec[0] == "data"
+    for a, b in zip(jax.tree.leaves((outputs, grads)), jax.tree.leaves((expected, expected_grads))):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+    print("OK")
+""")
+
+
+def test_batch_split_over_an_explicit_mesh_runs_per_device():
+    """Under `jax.set_mesh` with explicit axes the chunk loop's zero states take the batch's
+    sharding (zeros of an unsharded type made the training step fail to trace)."""
+    result = subprocess.run([sys.executable, "-c", EXPLICIT_MESH_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
