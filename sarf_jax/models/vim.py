@@ -160,7 +160,8 @@ class VisionMamba(nnx.Module):
         dtype = self.dtype or images.dtype
         x = self.patch_embed(images.astype(dtype))
         x = x.reshape(x.shape[0], -1, x.shape[-1])
-        cls = jnp.broadcast_to(self.cls_token[...].astype(dtype), (x.shape[0], 1, x.shape[-1]))
+        # zeros_like(x): under an explicit mesh the class token takes the batch's sharding
+        cls = jnp.zeros_like(x[:, :1]) + self.cls_token[...].astype(dtype)
         middle = self.cls_position
         x = jnp.concatenate([x[:, :middle], cls, x[:, middle:]], axis=1)
         return x + self.pos_embed[...].astype(dtype)

@@ -178,7 +178,8 @@ class VisionTransformer(nnx.Module):
         dtype = self.dtype or images.dtype
         x = self.patch_embed(images.astype(dtype))
         x = x.reshape(x.shape[0], -1, x.shape[-1])
-        cls = jnp.broadcast_to(self.cls_token[...].astype(dtype), (x.shape[0], 1, x.shape[-1]))
+        # zeros_like(x): under an explicit mesh the class token takes the batch's sharding
+        cls = jnp.zeros_like(x[:, :1]) + self.cls_token[...].astype(dtype)
         x = jnp.concatenate([cls, x], axis=1) + self.pos_embed[...].astype(dtype)
         for index, block in enumerate(self.blocks):
             reduce_pair = run_mixer = None
