@@ -5,9 +5,9 @@ Command (`make train` runs both, then prints the table and writes results.md and
   python eval.py --workdir runs/default --sweep configs/sweeps/default.py --weights ema
 
 Measured 2026-11-30 on the project's 2-core VM (Intel Xeon, idle, no accelerator), `make train`
-from a fresh clone, setup excluded: 87.52% top-1 on the Fashion-MNIST test set with the EMA
-weights (87.56% without) after 3,500 steps of batch 64 (~3.7 epochs, ~12 steps/s on tcmalloc),
-then the dense / SARF-ToMe / SARF-EViT / EViT / ToMe table at `paper_like=hybrid_2p1`; 6 min 41 s
+from a fresh clone, setup excluded: 87.48% top-1 on the Fashion-MNIST test set with the EMA
+weights (87.55% without) after 3,500 steps of batch 64 (~3.7 epochs, ~12 steps/s on tcmalloc),
+then the dense / SARF-ToMe / SARF-EViT / EViT / ToMe table at `paper_like=hybrid_2p1`; 6 min 42 s
 from the start of training to the printed table.
 
 Why this model: of the visual Mamba minis it reaches the most accuracy per minute on a CPU
