@@ -22,7 +22,7 @@ fi
 } 2>&1 | tee "$OUT/env.txt"
 part=${1:-all}
 if [ "$part" != models ]; then  # at most 260 s
-  timeout 45 python3 -m pytest -q -p no:cacheprovider tests/ops/test_scan_pallas.py tests/ops/test_cross_scan.py \
+  timeout 45 python3 -m pytest -q -p no:cacheprovider tests/ops/test_scan_pallas.py tests/ops/test_cross_scan.py tests/ops/test_ordered_scan.py \
     -k "compiled_kernel_on_this_accelerator or resolves_to_the_kernel" 2>&1 | tee "$OUT/pytest.log"
   timeout 85 python3 benchmarks/scan_roofline.py --batch 32 2>&1 | tee "$OUT/scan_roofline.jsonl"
   timeout 45 python3 benchmarks/scan_roofline.py --batch 2 --impls pallas chunked 2>&1 | tee -a "$OUT/scan_roofline.jsonl"

@@ -9,7 +9,7 @@ Convention (fvcore, as used by the official VMamba / Vim / PlainMamba FLOP table
   it are quoted with two digits.)
 
 Scans and depthwise convolutions are jit regions named `selective_scan_core` (or
-`selective_scan_pallas`, or SS2D's fused `cross_scan_pallas`), `causal_depthwise_conv1d` and
+`selective_scan_pallas`, or the fused `cross_scan_pallas` / `ordered_scan_pallas`), `causal_depthwise_conv1d` and
 `depthwise_conv2d`; the counter charges them by rule instead of looking inside.
 """
 
@@ -37,9 +37,9 @@ def _pallas_selective_scan_flops(invars) -> int:
     return 9 * elements * A.aval.shape[-1] + extras * elements
 
 
-def _cross_scan_pallas_flops(invars) -> int:
-    delta, A = invars[:2]  # delta: (batch, H*W, 4 * d_inner), one element per scanned channel; D given
-    elements = math.prod(delta.aval.shape)
+def _shared_u_scan_flops(invars) -> int:
+    u, A = invars[:2]  # u: (batch, length, d_inner) read by every group; A: (groups * d_inner, state); D given
+    elements = math.prod(u.aval.shape[:-1]) * A.aval.shape[0]
     return 9 * elements * A.aval.shape[-1] + elements
 
 
@@ -56,7 +56,8 @@ def _depthwise_conv2d_flops(invars) -> int:
 REGION_RULES = {
     "selective_scan_core": _selective_scan_flops,
     "selective_scan_pallas": _pallas_selective_scan_flops,
-    "cross_scan_pallas": _cross_scan_pallas_flops,
+    "cross_scan_pallas": _shared_u_scan_flops,
+    "ordered_scan_pallas": _shared_u_scan_flops,
     "causal_depthwise_conv1d": _causal_conv_flops,
     "depthwise_conv2d": _depthwise_conv2d_flops,
 }

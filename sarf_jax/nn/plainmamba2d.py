@@ -14,8 +14,9 @@ them (docs/official_code.md#plainmamba-quirks):
   the direction id of step t, while u is the token at order[t];
 - the dt_proj bias is applied twice: inside dt_proj(dt) and again as the scan's delta_bias.
 
-The four scans run as one grouped selective scan over 4 * d_inner channels (group k = scan k,
-whose B carries its own direction offsets); the arithmetic is that of four separate calls.
+The four scans run as one `sarf_jax.ops.ordered_selective_scan` (group k = scan k, whose B carries
+its own direction offsets); the arithmetic is that of four separate calls. With the GPU kernel the
+zig-zag orders are read through an index table inside it (see that module).
 
 Parameter names map one-to-one onto the official state-dict keys (E = d_inner, R = dt_rank,
 N = d_state):
@@ -44,7 +45,7 @@ from sarf_jax.nn.checks import check_positive_ints
 from sarf_jax.nn.conv import DepthwiseConv2d
 from sarf_jax.nn.initializers import torch_default
 from sarf_jax.nn.ssm_config import SSMConfig
-from sarf_jax.ops import selective_scan
+from sarf_jax.ops.ordered_scan import ordered_selective_scan
 
 
 class PlainMamba2D(nnx.Module):
@@ -125,25 +126,19 @@ class PlainMamba2D(nnx.Module):
 
         scans = scan_orders.zigzag(h, w)
         k = len(scans.orders)
-        # u[:, t, k] = x at orders[k, t]: the only tensor put into scan order (official quirk).
-        u = x[:, scans.orders.T]  # (batch, length, k, channels)
         # B of step t: the raster-t token's B plus the offset of scan k's move at step t.
         B = B[:, :, None, :] + self.direction_Bs[...][scans.directions.T].astype(B.dtype)
-        C = jnp.broadcast_to(C[:, :, None, :], B.shape)
         tile = lambda t: jnp.tile(t, k)  # (..., channels) -> (..., k * channels), scan-major
-        y = selective_scan(
-            rearrange(u, "b l k e -> b l (k e)"),
-            tile(dt),
+        y = ordered_selective_scan(  # u read in each zig-zag order, the rest by raster step; summed
+            x,
+            dt,
             jnp.tile(-jnp.exp(self.A_log[...]), (k, 1)),
             B,
             C,
             tile(self.D[...]),
-            delta_bias=tile(self.dt_proj.bias[...]),  # ... and again here
-            delta_softplus=True,
+            tile(self.dt_proj.bias[...]),  # ... and again here
+            scans.orders,
             **self.ssm.scan_options(),
         )
-        y = rearrange(y, "b l (k e) -> b l k e", k=k)
-        # Back to raster order: y_raster[:, p, k] = y[:, inverses[k, p], k]; sum the scans.
-        y = jnp.take_along_axis(y, scans.inverses.T[None, :, :, None], axis=1).sum(axis=2)
         out = rearrange(self.out_proj(y * jax.nn.silu(z)), "b (h w) c -> b h w c", h=h, w=w)
         return out if self.gamma is None else out * self.gamma[...].astype(out.dtype)

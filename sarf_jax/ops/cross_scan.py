@@ -149,17 +149,17 @@ def _fused(x, dt, dt_weight, A, B, C, D, delta_bias, interpret):
         return None
     delta = project_dt(grid_order(dt), dt_weight).reshape(batch, height * width, -1)
     ys = cross_scan_pallas(
-        delta, A, u, grid_order(B), grid_order(C), delta_bias, D, grid=(height, width), options=tuple(options.items())
+        u, A, delta, grid_order(B), grid_order(C), delta_bias, D, grid=(height, width), options=tuple(options.items())
     )
     return ys.reshape(batch, height, width, DIRECTIONS, d_inner).sum(axis=3, dtype=jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("grid", "options"))
-def cross_scan_pallas(delta, A, u, B, C, delta_bias, D, *, grid, options):
+def cross_scan_pallas(u, A, delta, B, C, delta_bias, D, *, grid, options):
     """The fused kernel: y per direction, (batch, H*W, 4 * d_inner) in grid order.
 
     A named region of its own, so that FLOP counters (sarf_jax.analysis.flops) charge it by rule:
-    delta (one element per scanned channel and step) and A come first, and D is always given.
+    u (batch, length, d_inner) and A (groups * d_inner, state) come first, and D is always given.
     """
     static = scan_pallas_gpu.static_for(u, B, A, None, grid=grid, **dict(options))
     y, _ = scan_pallas_gpu.scan(static, u, delta, A, B, C, D, None, delta_bias)

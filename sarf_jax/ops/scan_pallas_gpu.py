@@ -39,6 +39,11 @@ groups; delta, B, C, y and du are (batch, H*W, 4 * d_inner) / (batch, H*W, 4, st
 order, so no cross-scanned copy of u or delta and no reordering of y reaches memory. du comes out
 per direction and is summed over the four outside (a contiguous reduction).
 
+Ordered scans (PlainMamba's zig-zags, `orders` set): group k reads u at row `orders[k, t]` of an
+int32 (groups, length) table and writes y there; delta, B and C are read at row t (PlainMamba's
+official indexing: only u is permuted). u, delta (batch, length, per_group) and C (batch, length,
+1, state) are shared by all groups; y, du and d(delta) come out per group and are summed outside.
+
 Constraints (else the dispatcher falls back to `chunked`): state a power of two.
 """
 
@@ -75,6 +80,11 @@ class Static:
     return_last_state: bool
     interpret: object
     grid: tuple[int, int] | None = None  # (height, width) of a cross-scan, see the module docstring
+    orders: tuple | None = None  # (groups, length) rows of u and y of an ordered scan, see the module docstring
+
+    @property
+    def ordered(self):
+        return self.orders is not None
 
     @property
     def per_group(self):
@@ -98,11 +108,13 @@ def channel_tile_for(per_group: int) -> int:
     return min(CHANNEL_TILE, per_group & -per_group)
 
 
-def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret, grid=None) -> Static | None:
+def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret, grid=None, orders=None) -> Static | None:
     """The kernels' static configuration for these arguments, or None if they cannot take them.
 
     With `grid` (height, width), u is the (batch, height * width, d_inner) grid shared by the four
-    directions, B is (batch, height * width, 4, state) and A (4 * d_inner, state).
+    directions, B is (batch, height * width, 4, state) and A (4 * d_inner, state). With `orders`
+    ((groups, length) ints), u is (batch, length, d_inner) shared by the groups of B (batch, length,
+    groups, state), C is (batch, length, 1, state) and A is (groups * d_inner, state).
     """
     batch, length, channels = u.shape
     state = A.shape[1]
@@ -113,6 +125,11 @@ def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret, grid
         channels = A.shape[0]
         if groups != 4 or grid[0] * grid[1] != length or channels != 4 * u.shape[2] or z is not None:
             raise ValueError(f"scan_pallas_gpu: a cross-scan takes 4 directions and no z, got u {u.shape}, B {B.shape}")
+    if orders is not None:
+        channels = A.shape[0]
+        orders = tuple(tuple(int(i) for i in row) for row in orders)
+        if grid is not None or channels != groups * u.shape[2] or z is not None or len(orders) != groups:
+            raise ValueError(f"scan_pallas_gpu: an ordered scan shares u and takes no z, got u {u.shape}, B {B.shape}")
     return Static(
         batch,
         length,
@@ -126,6 +143,7 @@ def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret, grid
         bool(return_last_state),
         interpret,
         None if grid is None else (int(grid[0]), int(grid[1])),
+        orders,
     )
 
 
@@ -140,13 +158,23 @@ class _Program:
         self.batch, self.group, tile = pl.program_id(0), pl.program_id(1), pl.program_id(2)
         first = self.group * static.per_group + tile * static.channel_tile
         self.channels = pl.ds(pl.multiple_of(first, static.channel_tile), static.channel_tile)
-        # u's channels: a cross-scan's four directions share one u of per_group channels
-        first_u = tile * static.channel_tile if static.grid else first
+        # u's channels: the groups of a cross-scan or an ordered scan share one u of per_group channels
+        first_u = tile * static.channel_tile if static.grid or static.ordered else first
         self.u_channels = pl.ds(pl.multiple_of(first_u, static.channel_tile), static.channel_tile)
+        self.delta_channels = self.u_channels if static.ordered else self.channels
+        self.C_group = 0 if static.ordered else self.group
         self.tile = tile
         self.A = A_ref[:, self.channels]  # (state, channel_tile)
         self.D = D_ref[self.channels]
         self.bias = bias_ref[self.channels]
+
+
+def _rows(static: Static, group, t, orders_ref):
+    """(row of u and y, row of delta, B and C) for step t of this program."""
+    if static.ordered:
+        return orders_ref[group, t], t
+    row = _position(static, group, t)
+    return row, row
 
 
 def _position(static: Static, group, t):
@@ -161,13 +189,14 @@ def _position(static: Static, group, t):
     return lax.select(column_major, lax.rem(s, height) * width + lax.div(s, height), s)
 
 
-def _load_step(static: Static, p: _Program, row, u_ref, delta_ref, B_ref, C_ref):
-    """fp32 (u, raw delta + bias, step, B column, C column) at `row` for this program."""
-    u = u_ref[p.batch, row, p.u_channels].astype(F32)
-    step_in = delta_ref[p.batch, row, p.channels].astype(F32) + p.bias
+def _load_step(static: Static, p: _Program, rows, u_ref, delta_ref, B_ref, C_ref):
+    """fp32 (u, raw delta + bias, step, B column, C column) at `rows` (see `_rows`) for this program."""
+    u_row, row = rows
+    u = u_ref[p.batch, u_row, p.u_channels].astype(F32)
+    step_in = delta_ref[p.batch, row, p.delta_channels].astype(F32) + p.bias
     step = jax.nn.softplus(step_in) if static.delta_softplus else step_in
     B = B_ref[p.batch, row, p.group, :].astype(F32)[:, None]
-    C = C_ref[p.batch, row, p.group, :].astype(F32)[:, None]
+    C = C_ref[p.batch, row, p.C_group, :].astype(F32)[:, None]
     return u, step_in, step, B, C
 
 
@@ -176,19 +205,20 @@ def _forward_kernel(static: Static, save_chunk_states: bool, *refs):
     take = lambda present=True: refs.pop(0) if present else None
     u_ref, delta_ref, z_ref = take(), take(), take(static.has_z)
     B_ref, C_ref, A_ref, D_ref, bias_ref = (take() for _ in range(5))
+    orders_ref = take(static.ordered)
     y_ref = take()
     chunk_states_ref = take(save_chunk_states)
     last_state_ref = take(static.return_last_state)
     p = _Program(static, A_ref, D_ref, bias_ref)
 
     def scan_step(t, h):
-        row = _position(static, p.group, t)
-        u, _, step, B, C = _load_step(static, p, row, u_ref, delta_ref, B_ref, C_ref)
+        rows = _rows(static, p.group, t, orders_ref)
+        u, _, step, B, C = _load_step(static, p, rows, u_ref, delta_ref, B_ref, C_ref)
         h = jnp.exp(step[None, :] * p.A) * h + (step * u)[None, :] * B
         y = jnp.sum(h * C, axis=0) + p.D * u
         if static.has_z:
-            y = y * jax.nn.silu(z_ref[p.batch, row, p.channels].astype(F32))
-        y_ref[p.batch, row, p.channels] = y.astype(y_ref.dtype)
+            y = y * jax.nn.silu(z_ref[p.batch, rows[1], p.channels].astype(F32))
+        y_ref[p.batch, rows[0], p.channels] = y.astype(y_ref.dtype)
         return h
 
     h = jnp.zeros((static.state, static.channel_tile), F32)
@@ -211,6 +241,7 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
     take = lambda present=True: refs.pop(0) if present else None
     u_ref, delta_ref, z_ref, gy_ref = take(), take(), take(static.has_z), take()
     B_ref, C_ref, A_ref, D_ref, bias_ref, chunk_states_ref = (take() for _ in range(6))
+    orders_ref = take(static.ordered)
     g_last_ref = take(has_last_state_cotangent)
     gu_ref, gdelta_ref, gz_ref = take(), take(), take(static.has_z)
     gB_ref, gC_ref, gA_ref, gD_ref, gbias_ref = refs
@@ -226,16 +257,16 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
             t = k * static.chunk + j
             valid = t <= last_step
             t = jnp.minimum(t, last_step)  # past the end: read a real row, use step 0
-            row = _position(static, p.group, t)
-            u, step_in, step, B, C = _load_step(static, p, row, u_ref, delta_ref, B_ref, C_ref)
+            rows = _rows(static, p.group, t, orders_ref)
+            u, step_in, step, B, C = _load_step(static, p, rows, u_ref, delta_ref, B_ref, C_ref)
             step = jnp.where(valid, step, 0.0)
             decay = jnp.exp(step[None, :] * p.A)
             states.append(decay * states[-1] + (step * u)[None, :] * B)
-            steps.append((row, valid, u, step_in, step, B, C, decay))
+            steps.append((rows, valid, u, step_in, step, B, C, decay))
         # Reverse recurrence over the chunk.
         for j in reversed(range(static.chunk)):
-            row, valid, u, step_in, step, B, C, decay = steps[j]
-            g_readout = gy_ref[p.batch, row, p.channels].astype(F32)
+            (u_row, row), valid, u, step_in, step, B, C, decay = steps[j]
+            g_readout = gy_ref[p.batch, u_row, p.channels].astype(F32)
             if static.has_z:
                 z = z_ref[p.batch, row, p.channels].astype(F32)
                 sigmoid_z = jax.nn.sigmoid(z)
@@ -256,7 +287,7 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
 
             @pl.when(valid)
             def _():
-                gu_ref[p.batch, row, p.channels] = (g_readout * p.D + step * g_drive_B).astype(gu_ref.dtype)
+                gu_ref[p.batch, u_row, p.channels] = (g_readout * p.D + step * g_drive_B).astype(gu_ref.dtype)
                 gdelta_ref[p.batch, row, p.channels] = g_step.astype(gdelta_ref.dtype)
                 if static.has_z:
                     gz_ref[p.batch, row, p.channels] = gz.astype(gz_ref.dtype)
@@ -288,14 +319,20 @@ def _compiler_params():
 
 
 def _kernel_operands(static: Static, A, B, C, D, delta_bias):
-    grouped = lambda x: x.reshape(static.batch, static.length, static.groups, static.state)
+    grouped = lambda x: x.reshape(static.batch, static.length, -1, static.state)  # an ordered scan's C: 1 group
     return (grouped(B), grouped(C), jnp.swapaxes(A.astype(F32), 0, 1), D.astype(F32), delta_bias.astype(F32))
+
+
+def _orders(static: Static):
+    return [jnp.asarray(static.orders, jnp.int32)] if static.ordered else []
 
 
 def _forward(static: Static, save_chunk_states: bool, u, delta, z, A, B, C, D, delta_bias):
     """(y, chunk start states (batch, chunks, state, channels) or None, last state or None)."""
     inputs = [u, delta] + ([z] if static.has_z else []) + list(_kernel_operands(static, A, B, C, D, delta_bias))
-    out_shape = [jax.ShapeDtypeStruct(delta.shape, u.dtype)]  # a cross-scan's y is per direction
+    inputs += _orders(static)
+    sequence = (static.batch, static.length, static.channels)  # y of a cross-scan or ordered scan: per group
+    out_shape = [jax.ShapeDtypeStruct(sequence, u.dtype)]
     if save_chunk_states:
         out_shape.append(jax.ShapeDtypeStruct((static.batch, static.num_chunks, static.state, static.channels), F32))
     if static.return_last_state:
@@ -325,13 +362,15 @@ def _backward(static: Static, residuals, gy, g_last_state):
         + [gy]
         + list(_kernel_operands(static, A, B, C, D, delta_bias))
         + [chunk_states]
+        + _orders(static)
     )
     if has_g_last:
         inputs.append(jnp.swapaxes(g_last_state.astype(F32), 1, 2))
     partial_bc = (static.batch, static.groups, static.tiles_per_group, static.length, static.state)
+    sequence = (static.batch, static.length, static.channels)  # du, d(delta) of shared inputs: per group
     out_shape = (
-        [jax.ShapeDtypeStruct(delta.shape, u.dtype)]  # du; a cross-scan's per direction
-        + [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in [delta] + ([z] if static.has_z else [])]
+        [jax.ShapeDtypeStruct(sequence, u.dtype), jax.ShapeDtypeStruct(sequence, delta.dtype)]
+        + ([jax.ShapeDtypeStruct(z.shape, z.dtype)] if static.has_z else [])
         + [jax.ShapeDtypeStruct(partial_bc, F32)] * 2
         + [jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32)]
         + [jax.ShapeDtypeStruct((static.batch, static.channels), F32)] * 2
@@ -346,14 +385,22 @@ def _backward(static: Static, residuals, gy, g_last_state):
             name="selective_scan_backward",
         )(*inputs)
     )
+
+    def shared(g, like):  # the groups' contributions to an input they share
+        return g.reshape(*like.shape[:2], static.groups, like.shape[2]).sum(axis=2, dtype=F32).astype(like.dtype)
+
     gu, gdelta = grads.pop(0), grads.pop(0)
-    if static.grid:  # the four directions' contributions to the shared u
-        gu = gu.reshape(*u.shape[:2], 4, u.shape[2]).sum(axis=2, dtype=F32).astype(u.dtype)
+    if static.grid or static.ordered:
+        gu = shared(gu, u)
+    if static.ordered:
+        gdelta = shared(gdelta, delta)
     gz = grads.pop(0) if static.has_z else None
     gB_partial, gC_partial, gA_partial, gD_partial, gbias_partial = grads
 
-    def bc_grad(partial, like):
+    def bc_grad(partial, like, shared_by_groups=False):
         g = jnp.swapaxes(partial.sum(axis=2), 1, 2)  # (batch, length, groups, state)
+        if shared_by_groups:
+            g = g.sum(axis=2)
         return g.reshape(like.shape).astype(like.dtype)
 
     gA = jnp.swapaxes(gA_partial.sum(axis=0), 0, 1).astype(A.dtype)
@@ -363,7 +410,7 @@ def _backward(static: Static, residuals, gy, g_last_state):
         gz,
         gA,
         bc_grad(gB_partial, B),
-        bc_grad(gC_partial, C),
+        bc_grad(gC_partial, C, shared_by_groups=static.ordered),  # an ordered scan's C: shared
         gD_partial.sum(axis=0).astype(D.dtype),
         gbias_partial.sum(axis=0).astype(delta_bias.dtype),
     )
@@ -392,6 +439,6 @@ def scan(static: Static, u, delta, A, B, C, D, z, delta_bias):
     """y (u.dtype) and the last state (batch, channels, state) fp32 or None; differentiable.
 
     D and delta_bias must be arrays (zeros when absent); shapes as in selective_scan, or for a
-    cross-scan as in `static_for` (y then has delta's shape: per direction, in grid order).
+    cross-scan or an ordered scan as in `static_for` (y then is (batch, length, groups * d_inner), per group).
     """
     return _scan(static, u, delta, z, A, B, C, D, delta_bias)

@@ -114,7 +114,15 @@ def mixer(scan_impl="chunked", init_layer_scale=None):
 
 
 @pytest.mark.parametrize(
-    "h, w, scan_impl", [(7, 9, "chunked"), (7, 9, "reference"), (4, 4, "chunked"), (3, 2, "chunked"), (1, 5, "chunked")]
+    "h, w, scan_impl",
+    [
+        (7, 9, "chunked"),
+        (7, 9, "reference"),
+        (7, 9, "pallas_gpu"),  # the GPU kernel reading the zig-zag orders (interpreted here)
+        (4, 4, "chunked"),
+        (3, 2, "chunked"),
+        (1, 5, "chunked"),
+    ],
 )
 def test_matches_a_numpy_transcription_of_the_official_forward(h, w, scan_impl):
     x = np.random.default_rng(1).standard_normal((2, h, w, D_MODEL)).astype(np.float32)
@@ -202,3 +210,14 @@ def test_bad_constructor_arguments(kwargs, message):
 def test_wrong_input_shape_is_named():
     with pytest.raises(ValueError, match=r"\(batch, H, W, d_model=8\), got \(2, 10, 8\)"):
         mixer()(jnp.zeros((2, 10, 8)))
+
+
+def test_flop_count_is_the_same_with_the_fused_gpu_kernel():
+    from sarf_jax.analysis import count_flops
+
+    x = jax.ShapeDtypeStruct((2, 7, 9, D_MODEL), jnp.float32)
+    counts = []
+    for impl in ("chunked", "pallas_gpu"):
+        graphdef, state = nnx.split(mixer(impl))
+        counts.append(count_flops(lambda s, x: nnx.merge(graphdef, s)(x), state, x))
+    assert counts[0] == counts[1] > 0
