@@ -75,8 +75,8 @@ def interleaved_ms(fns: dict, repeats: int, block: int = MIXER_BLOCK) -> dict:
     `block` times in a row and keeps all but the first of them. On a shared machine load then
     hits every fn alike, so their ratios hold; and each kept call runs warm, as repeated calls
     do. (A call straight after the other framework's pays for cold caches and parked threads:
-    nn.Mamba's forward took 10.8 ms there against 6.4 warm on the 2-core VM; `first_call_ms`
-    reports those calls too.)"""
+    on the 2-core VM nn.Mamba's forward took 26-40 ms right after torch's backward and 7-9 ms on
+    the next calls; `first_call_ms` reports those first calls.)"""
     times = {name: [] for name in fns}
     first = {name: [] for name in fns}
     for round_index in range(repeats + 1):

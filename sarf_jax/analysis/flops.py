@@ -9,8 +9,9 @@ Convention (fvcore, as used by the official VMamba / Vim / PlainMamba FLOP table
   it are quoted with two digits.)
 
 Scans and depthwise convolutions are jit regions named `selective_scan_core` (or
-`selective_scan_pallas`, or the fused `cross_scan_pallas` / `ordered_scan_pallas`), `causal_depthwise_conv1d` and
-`depthwise_conv2d`; the counter charges them by rule instead of looking inside.
+`selective_scan_pallas`, or `fused_scan_pallas` for VMamba's and PlainMamba's fused layouts),
+`causal_depthwise_conv1d` and `depthwise_conv2d`; the counter charges them by rule instead of
+looking inside.
 """
 
 from __future__ import annotations
@@ -56,8 +57,7 @@ def _depthwise_conv2d_flops(invars) -> int:
 REGION_RULES = {
     "selective_scan_core": _selective_scan_flops,
     "selective_scan_pallas": _pallas_selective_scan_flops,
-    "cross_scan_pallas": _shared_u_scan_flops,
-    "ordered_scan_pallas": _shared_u_scan_flops,
+    "fused_scan_pallas": _shared_u_scan_flops,
     "causal_depthwise_conv1d": _causal_conv_flops,
     "depthwise_conv2d": _depthwise_conv2d_flops,
 }

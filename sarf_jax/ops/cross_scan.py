@@ -10,22 +10,20 @@ plain transposes and flips of the grid, so any H, W (odd included) works.
     while they are small (before dt's projection to d_inner channels), one `selective_scan`
     runs over the 4 * d_inner channels with B/C grouped by direction, and `cross_merge` puts
     the four outputs back in grid order and sums them. This is the oracle.
-  * fused (`pallas_gpu`): the GPU kernel reads the grid itself through index maps
-    (scan_pallas_gpu.py, `grid`): u, delta, B, C stay in grid order, the kernel writes each
+  * fused (`pallas_gpu`, fused_layouts.py): the GPU kernel reads the grid itself through index
+    maps (scan_pallas_gpu.py, `grid`): u, delta, B, C stay in grid order, the kernel writes each
     direction's output in grid order, and the merge is a contiguous sum over the four. No
     cross-scanned copy of u or delta and no reordering of y reaches memory.
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from einops import rearrange
 
-from sarf_jax.ops import scan_pallas, scan_pallas_gpu
-from sarf_jax.ops.selective_scan import resolve_impl, selective_scan
+from sarf_jax.ops.fused_layouts import fused_scan, use_fused_kernel
+from sarf_jax.ops.selective_scan import check_shapes, selective_scan
 
 DIRECTIONS = 4  # K
 
@@ -98,15 +96,7 @@ def cross_selective_scan(
       (batch, H, W, d_inner) float32, the sum of the four directions' outputs.
     """
     _check_arguments(x, dt, dt_weight, A, B, C, D, delta_bias)
-    if fused not in (None, True, False):
-        raise ValueError(f"cross_selective_scan: fused must be None, True or False, got {fused!r}")
-    kernel = resolve_impl(impl) == "pallas_gpu"
-    if fused and not kernel:
-        raise ValueError(
-            f"cross_selective_scan: fused=True needs the GPU kernel (impl 'pallas_gpu', or 'pallas'/'auto' on a GPU), "
-            f"got impl {impl!r}"
-        )
-    if kernel and fused is not False:
+    if use_fused_kernel("cross_selective_scan", impl, fused):
         y = _fused(x, dt, dt_weight, A, B, C, D, delta_bias, interpret)
         if y is not None:
             return y
@@ -131,39 +121,14 @@ def cross_selective_scan(
 
 
 def _fused(x, dt, dt_weight, A, B, C, D, delta_bias, interpret):
-    """The GPU kernel on the grid itself, or None (after a one-time warning) where it cannot run:
-    shapes it cannot take, or inputs sharded across a mesh (the unfused path runs per shard)."""
+    """The merged scan from the GPU kernel reading the grid itself, or None where it cannot run."""
     batch, height, width, d_inner = x.shape
-    u = x.reshape(batch, height * width, d_inner)
     grid_order = lambda t: t.reshape(batch, height * width, DIRECTIONS, t.shape[-1])
-    options = dict(delta_softplus=True, return_last_state=False, interpret=scan_pallas.interpret_default(interpret))
-    if scan_pallas_gpu.static_for(u, grid_order(B), A, None, grid=(height, width), **options) is None:
-        scan_pallas.warn_once(
-            f"cross_selective_scan: the fused GPU kernel cannot take state size {A.shape[1]} (a power of two "
-            "is needed); scanning the cross-scanned copy instead"
-        )
-        return None
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    if any(axes is not None for axes in getattr(sharding, "spec", ())):
-        scan_pallas.warn_once("cross_selective_scan: sharded inputs run the unfused kernel per shard")
-        return None
+    u = x.reshape(batch, height * width, d_inner)
     delta = project_dt(grid_order(dt), dt_weight).reshape(batch, height * width, -1)
-    ys = cross_scan_pallas(
-        u, A, delta, grid_order(B), grid_order(C), delta_bias, D, grid=(height, width), options=tuple(options.items())
-    )
-    return ys.reshape(batch, height, width, DIRECTIONS, d_inner).sum(axis=3, dtype=jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnames=("grid", "options"))
-def cross_scan_pallas(u, A, delta, B, C, delta_bias, D, *, grid, options):
-    """The fused kernel: y per direction, (batch, H*W, 4 * d_inner) in grid order.
-
-    A named region of its own, so that FLOP counters (sarf_jax.analysis.flops) charge it by rule:
-    u (batch, length, d_inner) and A (groups * d_inner, state) come first, and D is always given.
-    """
-    static = scan_pallas_gpu.static_for(u, B, A, None, grid=grid, **dict(options))
-    y, _ = scan_pallas_gpu.scan(static, u, delta, A, B, C, D, None, delta_bias)
-    return y
+    B, C = grid_order(B), grid_order(C)
+    ys = fused_scan("cross_selective_scan", u, A, delta, B, C, delta_bias, D, interpret, grid=(height, width))
+    return None if ys is None else ys.reshape(*x.shape[:3], DIRECTIONS, d_inner).sum(axis=3, dtype=jnp.float32)
 
 
 def _check_arguments(x, dt, dt_weight, A, B, C, D, delta_bias) -> None:
@@ -182,9 +147,4 @@ def _check_arguments(x, dt, dt_weight, A, B, C, D, delta_bias) -> None:
         "delta_bias": (DIRECTIONS * d_inner,),
     }
     given = dict(dt=dt, dt_weight=dt_weight, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
-    for name, shape in expected.items():
-        if jnp.shape(given[name]) != shape:
-            raise ValueError(
-                f"cross_selective_scan: {name} must have shape {shape} for x {tuple(x.shape)}, "
-                f"got {jnp.shape(given[name])}"
-            )
+    check_shapes("cross_selective_scan", given, expected, f"x {tuple(x.shape)}")

@@ -9,22 +9,20 @@ PlainMamba permutes only u into scan order; dt, B and C stay indexed by the step
   * unfused (every XLA form, and `pallas_tpu`): u is gathered into a (batch, L, K, d_inner) copy,
     dt is tiled K times, C broadcast to B's K groups, one `selective_scan` runs over K * d_inner
     channels, and its output is gathered back to sequence order and summed. This is the oracle.
-  * fused (`pallas_gpu`): the GPU kernel reads u and writes y through the orders table
+  * fused (`pallas_gpu`, fused_layouts.py): the GPU kernel reads u and writes y through the orders table
     (scan_pallas_gpu.py, `orders`), and reads the shared dt and C once per step; no copy of u, dt
     or C and no gather of y reaches memory, and the sum over K is contiguous.
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-from sarf_jax.ops import scan_pallas, scan_pallas_gpu
-from sarf_jax.ops.selective_scan import resolve_impl, selective_scan
+from sarf_jax.ops.fused_layouts import fused_scan, use_fused_kernel
+from sarf_jax.ops.selective_scan import check_shapes, selective_scan
 
 
 def ordered_selective_scan(
@@ -60,18 +58,11 @@ def ordered_selective_scan(
     """
     orders = np.asarray(orders)
     _check_arguments(x, dt, A, B, C, D, delta_bias, orders)
-    if fused not in (None, True, False):
-        raise ValueError(f"ordered_selective_scan: fused must be None, True or False, got {fused!r}")
-    kernel = resolve_impl(impl) == "pallas_gpu"
-    if fused and not kernel:
-        raise ValueError(
-            "ordered_selective_scan: fused=True needs the GPU kernel (impl 'pallas_gpu', or 'pallas'/'auto' on a "
-            f"GPU), got impl {impl!r}"
-        )
-    if kernel and fused is not False:
-        y = _fused(x, dt, A, B, C, D, delta_bias, orders, interpret)
-        if y is not None:
-            return y
+    if use_fused_kernel("ordered_selective_scan", impl, fused):
+        table = tuple(tuple(row) for row in orders.tolist())  # hashable: the kernel's static layout
+        ys = fused_scan("ordered_selective_scan", x, A, dt, B, C[:, :, None, :], delta_bias, D, interpret, orders=table)
+        if ys is not None:
+            return ys.reshape(*x.shape[:2], orders.shape[0], x.shape[2]).sum(axis=2)
     scans = orders.shape[0]
     tile = lambda t: jnp.tile(t, scans)  # (..., d_inner) -> (..., K * d_inner), scan-major
     y = selective_scan(
@@ -90,37 +81,6 @@ def ordered_selective_scan(
     y = rearrange(y, "b l (k e) -> b l k e", k=scans)
     inverses = np.argsort(orders, axis=1)  # inverses[k, p]: the step of scan k that visits row p
     return jnp.take_along_axis(y, inverses.T[None, :, :, None], axis=1).sum(axis=2)
-
-
-def _fused(x, dt, A, B, C, D, delta_bias, orders, interpret):
-    """The GPU kernel through the orders table, or None (after a one-time warning) where it cannot
-    run: shapes it cannot take, or inputs sharded across a mesh (the unfused path runs per shard)."""
-    options = dict(delta_softplus=True, return_last_state=False, interpret=scan_pallas.interpret_default(interpret))
-    if scan_pallas_gpu.static_for(x, B, A, None, orders=orders, **options) is None:
-        scan_pallas.warn_once(
-            f"ordered_selective_scan: the fused GPU kernel cannot take state size {A.shape[1]} (a power of two "
-            "is needed); scanning gathered copies instead"
-        )
-        return None
-    sharding = getattr(jax.typeof(x), "sharding", None)
-    if any(axes is not None for axes in getattr(sharding, "spec", ())):
-        scan_pallas.warn_once("ordered_selective_scan: sharded inputs run the unfused kernel per shard")
-        return None
-    table = tuple(tuple(int(i) for i in row) for row in orders)
-    ys = ordered_scan_pallas(x, A, dt, B, C[:, :, None, :], delta_bias, D, orders=table, options=tuple(options.items()))
-    return ys.reshape(*x.shape[:2], orders.shape[0], x.shape[2]).sum(axis=2)
-
-
-@functools.partial(jax.jit, static_argnames=("orders", "options"))
-def ordered_scan_pallas(u, A, delta, B, C, delta_bias, D, *, orders, options):
-    """The fused kernel: y per scan, (batch, L, K * d_inner) in sequence order.
-
-    A named region of its own, so that FLOP counters (sarf_jax.analysis.flops) charge it by rule:
-    u (batch, L, d_inner) and A (K * d_inner, state) come first, and D is always given.
-    """
-    static = scan_pallas_gpu.static_for(u, B, A, None, orders=orders, **dict(options))
-    y, _ = scan_pallas_gpu.scan(static, u, delta, A, B, C, D, None, delta_bias)
-    return y
 
 
 def _check_arguments(x, dt, A, B, C, D, delta_bias, orders) -> None:
@@ -143,9 +103,4 @@ def _check_arguments(x, dt, A, B, C, D, delta_bias, orders) -> None:
         "delta_bias": (scans * d_inner,),
     }
     given = dict(dt=dt, A=A, B=B, C=C, D=D, delta_bias=delta_bias)
-    for name, shape in expected.items():
-        if jnp.shape(given[name]) != shape:
-            raise ValueError(
-                f"ordered_selective_scan: {name} must have shape {shape} for x {tuple(x.shape)} and "
-                f"{scans} orders, got {jnp.shape(given[name])}"
-            )
+    check_shapes("ordered_selective_scan", given, expected, f"x {tuple(x.shape)} and {scans} orders")

@@ -104,6 +104,17 @@ def _unsupported(kernel, u, A, B):
 _UNSHARDED = object()
 
 
+def sequence_spec(u) -> tuple | None:
+    """The mesh axes of u's (batch, length, channels) under a mesh with explicitly sharded inputs;
+    None when u is replicated, or the mesh is in Auto mode (its types carry no sharding)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not mesh.axis_names:
+        return None
+    sharding = getattr(jax.typeof(u), "sharding", None)
+    spec = (tuple(getattr(sharding, "spec", ())) + (None,) * 3)[:3]
+    return None if all(axes is None for axes in spec) else spec
+
+
 def _shard_specs(u, B):
     """_UNSHARDED, or (in_specs, out_specs, u's spec) for running the kernel under shard_map.
 
@@ -111,18 +122,15 @@ def _shard_specs(u, B):
     device then scans whole sequences), and so are channels whose groups of B/C cannot be split
     the same way; both with a one-time warning, since they move data.
     """
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not mesh.axis_names:
+    spec = sequence_spec(u)
+    if spec is None:
         return _UNSHARDED
-    sharding = getattr(jax.typeof(u), "sharding", None)
-    spec = tuple(getattr(sharding, "spec", ())) + (None,) * 3
-    batch_axes, length_axes, channel_axes = spec[:3]
-    if batch_axes is None and length_axes is None and channel_axes is None:
-        return _UNSHARDED  # replicated, or a mesh in Auto mode, whose types carry no sharding
+    mesh = jax.sharding.get_abstract_mesh()
+    batch_axes, length_axes, channel_axes = spec
     if length_axes is not None:
         warn_once(
             "selective_scan: the pallas kernels scan whole sequences; gathering the length "
-            f"axis of u {P(*spec[:3])} across devices"
+            f"axis of u {P(*spec)} across devices"
         )
     grouped = B.ndim == 4
     groups = B.shape[2] if grouped else 1
@@ -136,7 +144,7 @@ def _shard_specs(u, B):
     sequence = P(batch_axes, None, channel_axes)
     bc = P(batch_axes, None, group_axes, None) if grouped else P(batch_axes, None, None)
     in_specs = (sequence, sequence, P(channel_axes, None), bc, bc, P(channel_axes), sequence, P(channel_axes))
-    return in_specs, (sequence, P(batch_axes, channel_axes, None)), P(*spec[:3])
+    return in_specs, (sequence, P(batch_axes, channel_axes, None)), P(*spec)
 
 
 def _axis_size(mesh, axes):

@@ -196,6 +196,13 @@ def _check_arguments(u, delta, A, B, C, D, z, delta_bias, chunk_size, interpret)
         )
 
 
+def check_shapes(owner: str, given: dict, expected: dict, context: str) -> None:
+    """Raise ValueError naming the first of `given` (name -> array) whose shape is not `expected[name]`."""
+    for name, shape in expected.items():
+        if jnp.shape(given[name]) != shape:
+            raise ValueError(f"{owner}: {name} must have shape {shape} for {context}, got {jnp.shape(given[name])}")
+
+
 def _check_real_floating(arrays: dict) -> None:
     """Every given array (None: not given) has a real floating dtype: the scan has no complex form."""
     for name, x in arrays.items():

@@ -195,5 +195,5 @@ def test_gpu_kernel_scans_the_grid_fused_and_matches_the_xla_path():
     for impl in ("reference", "pallas_gpu"):
         layer = SS2D(16, d_state=2, forward_type="v0", scan_impl=impl, rngs=nnx.Rngs(0))
         outputs[impl] = layer(x)
-    assert "cross_scan_pallas" in str(jax.make_jaxpr(lambda x: layer(x))(x))
+    assert "fused_scan_pallas" in str(jax.make_jaxpr(lambda x: layer(x))(x))
     np.testing.assert_allclose(outputs["pallas_gpu"], outputs["reference"], atol=1e-5, rtol=1e-5)

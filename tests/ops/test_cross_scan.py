@@ -118,10 +118,10 @@ def test_fused_kernel_in_bfloat16_matches_the_xla_path_within_bfloat16_rounding(
 def test_fused_is_the_default_for_the_gpu_kernel_and_named_for_flop_counters():
     args = {k: jnp.asarray(v) for k, v in random_args(1, 3, 4, 8, 2).items()}
     jaxpr = lambda **options: str(jax.make_jaxpr(lambda a: cross_selective_scan(**a, **options))(args))
-    assert "cross_scan_pallas" in jaxpr(impl="pallas_gpu")
+    assert "fused_scan_pallas" in jaxpr(impl="pallas_gpu")
     unfused = jaxpr(impl="pallas_gpu", fused=False)
-    assert "cross_scan_pallas" not in unfused and "selective_scan_pallas" in unfused
-    assert "cross_scan_pallas" not in jaxpr(impl="pallas_tpu") and "cross_scan_pallas" not in jaxpr(impl="chunked")
+    assert "fused_scan_pallas" not in unfused and "selective_scan_pallas" in unfused
+    assert "fused_scan_pallas" not in jaxpr(impl="pallas_tpu") and "fused_scan_pallas" not in jaxpr(impl="chunked")
 
 
 def test_a_state_the_kernel_cannot_take_runs_unfused_with_one_warning():
@@ -149,6 +149,17 @@ def test_bad_arguments_raise_value_error_naming_the_field(change, message):
         cross_selective_scan(**args)
 
 
+def triton_calls(forward, args, backward):
+    """The Triton kernel calls of `forward` (or of the gradient of its sum) lowered for an H100 from
+    this CPU host (lowering for 'cuda' needs an abstract GPU device in scope)."""
+    argnums = tuple(range(len(args)))
+    fn = jax.grad(lambda *a: jnp.sum(forward(*a).astype(jnp.float32)), argnums=argnums) if backward else forward
+    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", platform="gpu", num_cores=132)
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=device)):
+        text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    return re.findall(r"__gpu\$xla\.gpu\.triton.*", text)
+
+
 STAGES = {"vmamba_t_stage0": (56, 56, 96), "vmamba_t_stage2": (14, 14, 384)}  # (H, W, d_inner), N 1
 
 
@@ -170,12 +181,7 @@ def test_fused_kernel_lowers_for_cuda_at_vmamba_t_stage_shapes_reading_the_grid(
         f32(4 * d_inner),
         f32(4 * d_inner),
     )
-    forward = lambda *a: cross_selective_scan(*a, impl="pallas_gpu", interpret=False)
-    fn = jax.grad(lambda *a: jnp.sum(forward(*a)), argnums=tuple(range(8))) if backward else forward
-    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", platform="gpu", num_cores=132)
-    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=device)):
-        text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    calls = re.findall(r"__gpu\$xla\.gpu\.triton.*", text)
+    calls = triton_calls(lambda *a: cross_selective_scan(*a, impl="pallas_gpu", interpret=False), args, backward)
     assert len(calls) == (2 if backward else 1)
     length = height * width
     for call in calls:  # every kernel reads the grid itself (batch, H*W, d_inner), not a 4x copy
@@ -214,14 +220,18 @@ def test_sharded_inputs_run_the_unfused_kernel_per_shard():
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
 
 
+def assert_compiled_kernel_matches_reference(run, values, names):
+    """run(impl) -> fn(*values): the jitted GPU kernel's output and gradients against `reference`."""
+    np.testing.assert_allclose(jax.jit(run("pallas_gpu"))(*values), run("reference")(*values), atol=1e-4, rtol=1e-4)
+    loss = lambda impl: lambda *v: jnp.sum(run(impl)(*v) ** 2)
+    grads = jax.jit(jax.grad(loss("pallas_gpu"), argnums=tuple(range(len(values)))))(*values)
+    expected = jax.jit(jax.grad(loss("reference"), argnums=tuple(range(len(values)))))(*values)
+    for name, g, e in zip(names, grads, expected):
+        np.testing.assert_allclose(g, e, atol=1e-3 * np.abs(e).max(), rtol=1e-3, err_msg=name)
+
+
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (the fused kernel is the GPU kernel's)")
 def test_compiled_kernel_on_this_accelerator_fuses_the_cross_scan_and_matches_reference():
     args = {k: jnp.asarray(v) for k, v in random_args(2, 56, 56, 96, 1, rank=6, seed=5).items()}
-    values = [args[k] for k in ARG_NAMES]
     run = lambda impl: lambda *v: cross_selective_scan(*v, impl=impl)
-    np.testing.assert_allclose(jax.jit(run("pallas_gpu"))(*values), run("reference")(*values), atol=1e-4, rtol=1e-4)
-    loss = lambda impl: lambda *v: jnp.sum(run(impl)(*v) ** 2)
-    grads = jax.jit(jax.grad(loss("pallas_gpu"), argnums=tuple(range(8))))(*values)
-    expected = jax.jit(jax.grad(loss("reference"), argnums=tuple(range(8))))(*values)
-    for name, g, e in zip(ARG_NAMES, grads, expected):
-        np.testing.assert_allclose(g, e, atol=1e-3 * np.abs(e).max(), rtol=1e-3, err_msg=name)
+    assert_compiled_kernel_matches_reference(run, [args[k] for k in ARG_NAMES], ARG_NAMES)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_cross_scan import assert_compiled_kernel_matches_reference, triton_calls
 
 from sarf_jax.nn import scan_orders
 from sarf_jax.ops import scan_pallas_gpu
@@ -87,10 +88,10 @@ def test_fused_is_the_default_for_the_gpu_kernel_and_named_for_flop_counters():
     orders = scan_orders.zigzag(3, 4).orders
     args = {k: jnp.asarray(v) for k, v in random_args(1, 3, 4, 8, 2).items()}
     jaxpr = lambda **options: str(jax.make_jaxpr(lambda a: ordered_selective_scan(**a, orders=orders, **options))(args))
-    assert "ordered_scan_pallas" in jaxpr(impl="pallas_gpu")
+    assert "fused_scan_pallas" in jaxpr(impl="pallas_gpu")
     unfused = jaxpr(impl="pallas_gpu", fused=False)
-    assert "ordered_scan_pallas" not in unfused and "selective_scan_pallas" in unfused
-    assert "ordered_scan_pallas" not in jaxpr(impl="chunked")
+    assert "fused_scan_pallas" not in unfused and "selective_scan_pallas" in unfused
+    assert "fused_scan_pallas" not in jaxpr(impl="chunked")
 
 
 def test_a_state_the_kernel_cannot_take_runs_unfused_with_one_warning():
@@ -137,12 +138,9 @@ def test_fused_kernel_lowers_for_cuda_at_plainmamba_l1_layer_shape_reading_u_onc
         f32(4 * d_inner),
         f32(4 * d_inner),
     )
-    forward = lambda *a: ordered_selective_scan(*a, orders, impl="pallas_gpu", interpret=False)
-    fn = jax.grad(lambda *a: jnp.sum(forward(*a).astype(jnp.float32)), argnums=tuple(range(7))) if backward else forward
-    device = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", platform="gpu", num_cores=132)
-    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=device)):
-        text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    calls = re.findall(r"__gpu\$xla\.gpu\.triton.*", text)
+    calls = triton_calls(
+        lambda *a: ordered_selective_scan(*a, orders, impl="pallas_gpu", interpret=False), args, backward
+    )
     assert len(calls) == (2 if backward else 1)
     for call in calls:  # u and dt as they are (batch, L, d_inner), not K copies
         assert re.search(rf": \(tensor<{batch}x{length}x{d_inner}xbf16>, tensor<{batch}x{length}x{d_inner}xbf16>", call)
@@ -152,11 +150,5 @@ def test_fused_kernel_lowers_for_cuda_at_plainmamba_l1_layer_shape_reading_u_onc
 def test_compiled_kernel_on_this_accelerator_reads_the_orders_and_matches_reference():
     orders = scan_orders.zigzag(14, 14).orders
     args = {k: jnp.asarray(v) for k, v in random_args(2, 14, 14, 384, 16, seed=5).items()}
-    values = [args[k] for k in ARG_NAMES]
     run = lambda impl: lambda *v: ordered_selective_scan(*v, orders, impl=impl)
-    np.testing.assert_allclose(jax.jit(run("pallas_gpu"))(*values), run("reference")(*values), atol=1e-4, rtol=1e-4)
-    loss = lambda impl: lambda *v: jnp.sum(run(impl)(*v) ** 2)
-    grads = jax.jit(jax.grad(loss("pallas_gpu"), argnums=tuple(range(7))))(*values)
-    expected = jax.jit(jax.grad(loss("reference"), argnums=tuple(range(7))))(*values)
-    for name, g, e in zip(ARG_NAMES, grads, expected):
-        np.testing.assert_allclose(g, e, atol=1e-3 * np.abs(e).max(), rtol=1e-3, err_msg=name)
+    assert_compiled_kernel_matches_reference(run, [args[k] for k in ARG_NAMES], ARG_NAMES)

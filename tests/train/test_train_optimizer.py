@@ -7,12 +7,10 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from train_helpers import compilation_cache, quick_compiles, tiny_config  # noqa: F401 - fixtures
+from train_helpers import compilation_cache, quick_compiles, tiny_config, tiny_train_step  # noqa: F401 - fixtures
 
 from sarf_jax import models, parallel
 from sarf_jax.train import optimizer
-from sarf_jax.train.state import ModelRecipe, init_train_state
-from sarf_jax.train.step import make_train_step
 
 
 @pytest.mark.parametrize("name", ["vim_mini", "vit_mini"])
@@ -51,21 +49,7 @@ def test_gradient_accumulation_equals_one_big_batch():
         config = tiny_config()
         config.grad_accum_steps = accum
         config.model.overrides.drop_path_rate = 0.0  # micro-batches draw their own drop-path masks
-        mesh = parallel.make_mesh(config.mesh)
-        recipe = ModelRecipe(config.model.name, 4, 16, 1, config.model.overrides.to_dict())
-        tx = optimizer.make_optimizer(config.optimizer, 6)
-        with jax.set_mesh(mesh):
-            state, parts = init_train_state(recipe, config, tx, mesh)
-        step = make_train_step(
-            parts,
-            config,
-            tx,
-            optimizer.learning_rate_schedule(config.optimizer, 6),
-            num_classes=4,
-            mean=(0.5,),
-            std=(0.25,),
-            batch_sharding=parallel.batch_sharding(mesh),
-        )
+        state, step = tiny_train_step(config)
         rng = np.random.default_rng(0)
         batch = {
             "image": jnp.asarray(rng.integers(0, 256, (8, 16, 16, 1)), jnp.uint8),
@@ -79,23 +63,8 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 
 def test_non_finite_step_leaves_the_state_unchanged():
-    config = tiny_config()
-    mesh = parallel.make_mesh(config.mesh)
-    recipe = ModelRecipe(config.model.name, 4, 16, 1, config.model.overrides.to_dict())
-    tx = optimizer.make_optimizer(config.optimizer, 6)
-    with jax.set_mesh(mesh):
-        state, parts = init_train_state(recipe, config, tx, mesh)
+    state, step = tiny_train_step(tiny_config())
     before = jax.tree.map(np.asarray, state)
-    step = make_train_step(
-        parts,
-        config,
-        tx,
-        optimizer.learning_rate_schedule(config.optimizer, 6),
-        num_classes=4,
-        mean=(0.5,),
-        std=(0.25,),
-        batch_sharding=parallel.batch_sharding(mesh),
-    )
     batch = {"image": jnp.full((8, 16, 16, 1), jnp.nan), "label": jnp.zeros(8, jnp.int32)}
     state, metrics = step(state, batch)
     assert not np.isfinite(float(metrics["loss"]))

@@ -6,35 +6,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from train_helpers import tiny_config
+from train_helpers import tiny_config, tiny_train_step
 
 from sarf_jax import models, parallel
 from sarf_jax.evaluate import sharded, sweep
-from sarf_jax.train import optimizer
 from sarf_jax.train import step as step_module
-from sarf_jax.train.state import ModelRecipe, init_train_state
 
 UNKNOWN = {"xla_cpu_no_such_option": 1}
 
 
 def test_the_training_step_compiles_with_sarf_jax_compiler_options(monkeypatch):
-    config = tiny_config()
-    mesh = parallel.make_mesh(config.mesh)
-    recipe = ModelRecipe(config.model.name, 4, 16, 1, config.model.overrides.to_dict())
-    tx = optimizer.make_optimizer(config.optimizer, 6)
-    with jax.set_mesh(mesh):
-        state, parts = init_train_state(recipe, config, tx, mesh)
     monkeypatch.setattr(step_module, "compiler_options", lambda: UNKNOWN)
-    step = step_module.make_train_step(
-        parts,
-        config,
-        tx,
-        optimizer.learning_rate_schedule(config.optimizer, 6),
-        num_classes=4,
-        mean=(0.5,),
-        std=(0.25,),
-        batch_sharding=parallel.batch_sharding(mesh),
-    )
+    state, step = tiny_train_step(tiny_config())
     batch = {"image": jnp.zeros((8, 16, 16, 1), jnp.uint8), "label": jnp.zeros(8, jnp.int32)}
     with pytest.raises(jax.errors.JaxRuntimeError, match="No such compile option"):
         step(state, batch)

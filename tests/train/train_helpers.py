@@ -26,6 +26,32 @@ def tiny_config(*args):
     return module.get_config(*args)
 
 
+def tiny_train_step(config, num_classes: int = 4, total_steps: int = 6):
+    """(initial state, the jitted training step) of `config`'s model on its one-host mesh, for
+    16x16x1 images in [0, 255] normalised with mean 0.5 and std 0.25."""
+    from sarf_jax import parallel
+    from sarf_jax.train import optimizer
+    from sarf_jax.train.state import ModelRecipe, init_train_state
+    from sarf_jax.train.step import make_train_step
+
+    mesh = parallel.make_mesh(config.mesh)
+    recipe = ModelRecipe(config.model.name, num_classes, 16, 1, config.model.overrides.to_dict())
+    tx = optimizer.make_optimizer(config.optimizer, total_steps)
+    with jax.set_mesh(mesh):
+        state, parts = init_train_state(recipe, config, tx, mesh)
+    step = make_train_step(
+        parts,
+        config,
+        tx,
+        optimizer.learning_rate_schedule(config.optimizer, total_steps),
+        num_classes=num_classes,
+        mean=(0.5,),
+        std=(0.25,),
+        batch_sharding=parallel.batch_sharding(mesh),
+    )
+    return state, step
+
+
 def subprocess_env(cache_dir: str, devices: int = 1) -> dict:
     env = dict(
         os.environ,
