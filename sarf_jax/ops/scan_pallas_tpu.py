@@ -5,24 +5,38 @@ discretisation exp(delta A) and delta B u, the recurrence, the readout <h, C>, t
 z gate, forward and backward. HBM sees only the inputs, y, the gradients, and one state per
 sequence tile; no (batch, length, channels, state) tensor ever exists.
 
-Layout (the TPU rules in docs/architecture.md#pallas-kernels): channels on lanes, the state on
-sublanes.
+Layout (the TPU rules in docs/architecture.md#pallas-kernels). A vector register holds 8
+sublanes x 128 lanes of fp32. Channels go on the lanes. What goes on the sublanes depends on the
+state size, so that one step fills whole registers where the shapes allow:
+
+  state >= 8  the state: h is (state, lanes), one lane per channel (a tile of up to
+              CHANNEL_TILE lanes). A step's row of u, delta or y is (1, lanes).
+  state < 8   `fold` rows of 128 channels, stacked on the sublanes (the way recurrentgemma's
+              RG-LRU kernel folds its channels into (8, 128) tiles): a channel tile is
+              fold x 128 channels, a step's row is (fold, 128), and h is (state * fold, 128),
+              row n * fold + s holding state n of the channels in row s. fold is the largest
+              divisor of channels / 128 with state * fold <= 8. VMamba's one-state scan then
+              fills fold/8 of each register instead of 1/8 (all of it from 1,024 channels on),
+              its exp runs once per register instead of once per 128 channels, and its readout
+              is a register-wide store instead of a one-row store.
 
   grid        (batch, channel tiles, sequence tiles); the sequence axis is last and "arbitrary",
-              so the fp32 state h (state, channel_tile) stays in VMEM scratch from one sequence
-              tile to the next; the other two axes are "parallel".
-  u, delta, z (batch, length, channels) in their own dtype, blocks (seq_tile, channel_tile);
-              cast to fp32 in VMEM.
+              so the fp32 state h stays in VMEM scratch from one sequence tile to the next; the
+              other two axes are "parallel".
+  u, delta, z (batch, length, channels) in their own dtype, blocks (seq_tile, lanes); with
+              fold > 1 viewed (a free reshape) as (batch, length, channel tiles, fold, 128),
+              blocks (seq_tile, fold, 128). Cast to fp32 in VMEM.
+  A           (channel tiles, state * fold, lanes), in h's row order; D and delta_bias
+              (channel tiles, fold, lanes), in a step row's order.
   B, C        flattened outside to (batch, groups, length * state) so that the block
               (groups, seq_tile * state) is lane-dense. The time loop walks a tile in sub-blocks
               of `sub_steps` steps (sub_steps * state a multiple of 128, or the whole tile); at
-              the start of each, one small matmul with a 0/1 (groups, channel_tile) matrix
-              expands that sub-block to (sub_steps * state, channel_tile): row t * state + n
-              holds B[t, group(c), n] for every lane c. That handles plain and grouped B/C alike,
-              with no relayout inside the time loop, and keeps the expanded copies at a
-              sub-block's size instead of a tile's, so longer sequence tiles fit in VMEM.
-  time loop   `lax.fori_loop` over the sub-blocks, and inside each over its steps, with ref
-              indexing `ref[pl.ds(t, 1), :]`.
+              the start of each, one small matmul per folded row with a 0/1 (groups, lanes)
+              matrix expands that sub-block to rows (t, n) and one lane per channel, stored with
+              a sublane stride of fold, so that step t's rows are h's rows. That handles plain
+              and grouped B/C alike, with no relayout inside the time loop, and keeps the
+              expanded copies at a sub-block's size instead of a tile's.
+  time loop   `lax.fori_loop` over the sub-blocks, and inside each over its steps.
 
 Backward (one kernel, sequence tiles visited in reverse through the index maps): the forward
 pass saved only the state at the end of each sequence tile. Each tile recomputes its states from
@@ -31,15 +45,15 @@ the previous tile's end state into VMEM, then runs the reverse recurrence
 with g_h carried in VMEM scratch across tiles, sub-block by sub-block (last first), each
 sub-block's B and C expanded again as in the forward pass. dA, dD, d(delta_bias) are accumulated
 per batch row in resident output blocks; dB and dC are written per (channel tile, sub-block) as
-one (groups, channel_tile) x (sub_steps * state, channel_tile)^T matmul each. The batch and
-channel-tile partial sums are reduced outside (no atomics on TPU).
+a sum over the folded rows of (groups, lanes) x (sub_steps * state, lanes)^T matmuls. The batch
+and channel-tile partial sums are reduced outside (no atomics on TPU).
 
-Sizes: a channel tile is a multiple of 128 dividing `channels` (or all channels when that is not
-a multiple of 128); a sequence tile is a multiple of 8 with seq_tile * state a multiple of 128
-(or the whole length). The last sequence tile may run past `length`: those steps get
-delta = 0 and B = C = 0, which leaves the state unchanged (exp(0 A) = 1, 0 B u = 0), and their
-rows are never written back. `plan_tiling` returns None for shapes whose tiles would not fit the
-VMEM budget; the dispatcher then falls back to `chunked`.
+Sizes: lanes is 128 (state < 8), a multiple of 128 up to CHANNEL_TILE dividing `channels`
+(state >= 8), or all channels when they are not a multiple of 128; a sequence tile is a multiple
+of 8 with seq_tile * state a multiple of 128 (or the whole length). The last sequence tile may
+run past `length`: those steps get delta = 0 and B = C = 0, which leaves the state unchanged
+(exp(0 A) = 1, 0 B u = 0), and their rows are never written back. `plan_tiling` returns None for
+shapes whose tiles would not fit the VMEM budget; the dispatcher then falls back to `chunked`.
 
 VMEM: when tracing for a known TPU (a TPU backend, or an abstract TPU mesh in scope),
 `vmem_limits` raises the kernels' scoped VMEM limit to 3/4 of the chip's VMEM and plans tiles
@@ -48,11 +62,10 @@ runs as one 197-step tile, where the default budget plans two of 104. Elsewhere 
 mode, lowering on a CPU host) the compiler's default limit stands and tiles are planned for
 `VMEM_BUDGET_BYTES`.
 
-Known inefficiencies: with state < 8 (VMamba's 1) the state rows fill fewer than the 8 sublanes
-of a vector register, and each step's readout is a one-row store; recurrentgemma's layout
-(channels folded into (sublanes, 128 lanes), B and C as scalars) would fill them and is the next
-step. Nothing here is tuned on hardware (no TPU was reachable): tile sizes follow axlearn's v5p
-defaults in spirit (apple/axlearn axlearn/common/ssm.py; docs/architecture.md#pallas-kernels).
+Nothing here is timed or tuned on hardware: no TPU was reachable. The folded layout was checked
+in interpret mode and by the Mosaic lowering on a CPU host only (tests/ops/test_scan_pallas.py).
+Tile sizes follow axlearn's v5p defaults in spirit (apple/axlearn axlearn/common/ssm.py;
+docs/architecture.md#pallas-kernels). With state >= 8 each step still stores a one-row readout.
 """
 
 from __future__ import annotations
@@ -60,6 +73,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +84,8 @@ from jax.experimental.pallas import tpu as pltpu
 F32 = jnp.float32
 HIGHEST = lax.Precision.HIGHEST
 
-CHANNEL_TILE = 256  # target lanes per tile (a multiple of 128)
+SUBLANES = 8  # fp32 rows of a vector register
+CHANNEL_TILE = 256  # target lanes per tile when state >= 8 (a multiple of 128)
 MAX_SEQ_TILE = 1024
 VMEM_BUDGET_BYTES = 10 * 2**20  # under the "16MB+" of VMEM Pallas' TPU docs promise
 TILE_OVERHEAD_STEPS = 16  # a grid step costs about as much as this many scan steps (estimate)
@@ -80,9 +95,14 @@ TILE_OVERHEAD_STEPS = 16  # a grid step costs about as much as this many scan st
 class Tiling:
     seq_tile: int
     num_seq_tiles: int
-    channel_tile: int
+    lanes: int  # channels per folded row
+    fold: int  # rows of `lanes` channels stacked on the sublanes
     num_channel_tiles: int
     sub_steps: int  # steps whose B and C are expanded at once; divides seq_tile
+
+    @property
+    def channel_tile(self):
+        return self.fold * self.lanes
 
     @property
     def num_sub_blocks(self):
@@ -108,6 +128,11 @@ class Static:
     def per_group(self):
         return self.channels // self.groups
 
+    @property
+    def state_rows(self):
+        """Rows of h: state n of folded row s is row n * fold + s."""
+        return self.state * self.tiling.fold
+
 
 def vmem_limits() -> tuple[int | None, int]:
     """(the kernels' scoped VMEM limit, or None for the compiler's default; the bytes tiles are
@@ -130,52 +155,132 @@ def _sub_steps(seq_tile, state):
     return align if seq_tile % align == 0 else seq_tile  # a whole-length tile: one sub-block
 
 
-def _vmem_bytes(seq_tile, channel_tile, state, groups):
-    """Upper estimate of the backward kernel's VMEM (the larger of the two), inputs in fp32."""
-    tile = seq_tile * channel_tile * 4
-    row = state * channel_tile * 4
-    flat_bc = (-(-groups // 8) * 8) * seq_tile * state * 4
-    expanded_bc = 2 * _sub_steps(seq_tile, state) * row
-    scratch = seq_tile * row + expanded_bc + 6 * tile + row  # states, B/C, per-step rows, g_h
-    buffers = 2 * (7 * tile + 4 * flat_bc + 3 * row)  # double-buffered blocks
+def _round_up(n, multiple):
+    return -(-n // multiple) * multiple
+
+
+def _layouts(channels, state):
+    """The (lanes, fold) a channel tile can have; see the module docstring."""
+    if channels % 128:
+        return [(channels, 1)]  # a block equal to the full dimension is always legal
+    widest = max(d for d in range(128, min(CHANNEL_TILE, channels) + 1, 128) if channels % d == 0)
+    folds = [f for f in range(2, SUBLANES // state + 1) if (channels // 128) % f == 0]
+    return [(widest, 1)] + [(128, f) for f in folds]
+
+
+def _vmem_bytes(seq_tile, lanes, fold, state, groups):
+    """Upper estimate of the backward kernel's VMEM (the larger of the two), inputs in fp32,
+    with blocks padded to whole (8, 128) tiles."""
+    lane_bytes = _round_up(lanes, 128) * 4
+    tile = seq_tile * (_round_up(fold, SUBLANES) if fold > 1 else 1) * lane_bytes  # a sequence block
+    step_states = state * fold * lane_bytes
+    h = _round_up(state * fold, SUBLANES) * lane_bytes
+    flat_bc = _round_up(groups, SUBLANES) * _round_up(seq_tile * state, 128) * 4
+    expanded_bc = 2 * _sub_steps(seq_tile, state) * step_states
+    scratch = seq_tile * step_states + expanded_bc + 6 * tile + h  # states, B/C, per-step rows, g_h
+    buffers = 2 * (7 * tile + 4 * flat_bc + 3 * h)  # double-buffered blocks
     return scratch + buffers
 
 
 def plan_tiling(length: int, channels: int, state: int, groups: int) -> Tiling | None:
-    """Tile sizes for these shapes, or None when no legal tiling fits the VMEM budget."""
-    if channels % 128:
-        channel_tile = channels  # a block equal to the full dimension is always legal
-    else:
-        channel_tile = max(d for d in range(128, min(CHANNEL_TILE, channels) + 1, 128) if channels % d == 0)
+    """Tile sizes for these shapes, or None when no legal tiling fits the VMEM budget.
+
+    Each grid step's time loop is a chain of dependent steps whose length does not depend on how
+    many channels it covers (one register row per state and 128 lanes), so the plan minimises
+    (channel tiles) x (sequence tiles) x (tile steps + a grid step's overhead): the widest fold
+    whose tiles fit, then the tile length.
+    """
     budget = vmem_limits()[1]
-    fits = lambda tile: _vmem_bytes(tile, channel_tile, state, groups) <= budget
-    tiling = lambda tile: Tiling(
-        tile, -(-length // tile), channel_tile, channels // channel_tile, _sub_steps(tile, state)
-    )
-    if length <= MAX_SEQ_TILE and fits(length):
-        return tiling(length)
     align = _alignment(state)  # seq_tile % 8 == 0, seq_tile * state % 128 == 0
-    candidates = [t for t in range(align, min(MAX_SEQ_TILE, length) + 1, align) if fits(t)]
-    if not candidates:
+    plans = []
+    for lanes, fold in _layouts(channels, state):
+        fits = lambda tile: _vmem_bytes(tile, lanes, fold, state, groups) <= budget
+        if length <= MAX_SEQ_TILE and fits(length):
+            tiles = [length]
+        else:
+            tiles = [t for t in range(align, min(MAX_SEQ_TILE, length) + 1, align) if fits(t)]
+        plans += [
+            Tiling(tile, -(-length // tile), lanes, fold, channels // (lanes * fold), _sub_steps(tile, state))
+            for tile in tiles
+        ]
+    if not plans:
         return None
-    cost = lambda t: -(-length // t) * (t + TILE_OVERHEAD_STEPS)
-    return tiling(min(candidates, key=lambda t: (cost(t), -t)))
+    cost = lambda p: p.num_channel_tiles * p.num_seq_tiles * (p.seq_tile + TILE_OVERHEAD_STEPS)
+    return min(plans, key=lambda p: (cost(p), -p.fold, -p.seq_tile))
 
 
 # ------------------------------------------------------------------------------------------------
 # Kernels
 
 
-def _group_matrix(static: Static, channel_tile_index):
-    """(groups, channel_tile) float 0/1: entry [g, c] says lane c of this tile reads group g."""
-    shape = (static.groups, static.tiling.channel_tile)
-    channel = lax.broadcasted_iota(jnp.int32, shape, 1) + channel_tile_index * static.tiling.channel_tile
+def _row(ref, t):
+    """Step t's row of a tile-shaped ref: (fold, lanes), or (1, lanes) when fold is 1."""
+    return ref[t] if len(ref.shape) == 3 else ref[pl.ds(t, 1), :]
+
+
+def _set_row(ref, t, value):
+    if len(ref.shape) == 3:
+        ref[t] = value
+    else:
+        ref[pl.ds(t, 1), :] = value
+
+
+def _spread(static: Static, row):
+    """A step's row repeated for every state, in h's row order (broadcasting does it unless
+    several states and several folded rows share the sublanes)."""
+    if static.state == 1 or static.tiling.fold == 1:
+        return row
+    return jnp.concatenate([row] * static.state, axis=0)
+
+
+def _sum_states(static: Static, x):
+    """(state * fold, lanes) in h's row order -> a step's row: the sum over each channel's states."""
+    fold = static.tiling.fold
+    if static.state == 1:
+        return x
+    if fold == 1:
+        return jnp.sum(x, axis=0, keepdims=True)
+    return functools.reduce(operator.add, [x[n * fold : (n + 1) * fold] for n in range(static.state)])
+
+
+def _sum_steps(x):
+    """The sum over a tile's steps: a step's row."""
+    return jnp.sum(x, axis=0, keepdims=x.ndim == 2)
+
+
+def _state_rows(static: Static, t):
+    """Step t's rows of a buffer holding one h per step."""
+    rows = static.state_rows
+    return pl.ds(pl.multiple_of(t * rows, rows), rows)
+
+
+def _folded_rows(static: Static, start, s):
+    """The rows of folded row s, steps start .. start + sub_steps, in a buffer holding one h per
+    step: one row per (step, state), sub_steps * state rows in all."""
+    tiling = static.tiling
+    first = start * static.state_rows
+    if tiling.num_sub_blocks > 1:
+        first = pl.multiple_of(first, 128)  # sub_steps * state is a multiple of 128
+    width = tiling.sub_steps * static.state
+    return pl.ds(first + s, width, stride=tiling.fold) if tiling.fold > 1 else pl.ds(first, width)
+
+
+def _group_matrices(static: Static, channel_tile_index):
+    """One (groups, lanes) float 0/1 matrix per folded row: entry [g, l] says the channel on lane l
+    of that row reads group g."""
+    tiling = static.tiling
+    shape = (static.groups, tiling.lanes)
+    lane = lax.broadcasted_iota(jnp.int32, shape, 1)
     first = lax.broadcasted_iota(jnp.int32, shape, 0) * static.per_group
-    return ((channel >= first) & (channel < first + static.per_group)).astype(F32)
+    matrices = []
+    for s in range(tiling.fold):
+        channel = lane + (channel_tile_index * tiling.fold + s) * tiling.lanes
+        matrices.append(((channel >= first) & (channel < first + static.per_group)).astype(F32))
+    return matrices
 
 
 def _discretise(static: Static, seq_tile_index, u_ref, delta_ref, bias_ref, step_ref, drive_ref):
-    """Discretise one tile into scratch; returns the (seq_tile, channel_tile) mask of real steps.
+    """Discretise one tile into scratch; returns the tile-shaped mask of real steps.
 
     step = softplus(delta + delta_bias) (or without softplus), drive = step * u, both zero on the
     steps past `length`.
@@ -200,32 +305,29 @@ def _bc_columns(static: Static, start):
 
 
 def _expand_bc(static: Static, seq_tile_index, groups, start, B_ref, C_ref, B_lanes_ref, C_lanes_ref):
-    """B and C of the sub-block starting at tile step `start`, one row per (step, state) and one
-    lane per channel (zero past `length`), into B_lanes_ref and C_lanes_ref."""
+    """B and C of the sub-block starting at tile step `start`, one h-shaped block of rows per step
+    and one lane per channel (zero past `length`), into B_lanes_ref and C_lanes_ref."""
     width = static.tiling.sub_steps * static.state
     steps_left = static.length - seq_tile_index * static.tiling.seq_tile - start
     column = lax.broadcasted_iota(jnp.int32, (static.groups, width), 1)
     columns = _bc_columns(static, start)
     for flat_ref, lanes_ref in ((B_ref, B_lanes_ref), (C_ref, C_lanes_ref)):
         flat = jnp.where(column < steps_left * static.state, flat_ref[:, columns].astype(F32), 0.0)
-        lanes_ref[...] = lax.dot_general(
-            flat, groups, (((0,), (0,)), ((), ())), precision=HIGHEST, preferred_element_type=F32
-        )
+        for s, group_matrix in enumerate(groups):
+            lanes_ref[_folded_rows(static, 0, s), :] = lax.dot_general(
+                flat, group_matrix, (((0,), (0,)), ((), ())), precision=HIGHEST, preferred_element_type=F32
+            )
 
 
-def _state_rows(t, state):
-    return pl.ds(pl.multiple_of(t * state, state), state)
-
-
-def _advance(h, A, t, i, state, step_ref, drive_ref, B_lanes_ref):
+def _advance(static: Static, h, A, t, i, step_ref, drive_ref, B_lanes_ref):
     """One step of the recurrence at tile step t (sub-block step i): exp(step A) h + step u B."""
-    row = pl.ds(t, 1)
-    return jnp.exp(step_ref[row, :] * A) * h + drive_ref[row, :] * B_lanes_ref[_state_rows(i, state), :]
+    decay = jnp.exp(_spread(static, _row(step_ref, t)) * A)
+    return decay * h + _spread(static, _row(drive_ref, t)) * B_lanes_ref[_state_rows(static, i), :]
 
 
-def _readout(h, i, state, C_lanes_ref):
-    """<h, C> at sub-block step i: one (1, channel_tile) row."""
-    return jnp.sum(h * C_lanes_ref[_state_rows(i, state), :], axis=0, keepdims=True)
+def _readout(static: Static, h, i, C_lanes_ref):
+    """<h, C> at sub-block step i: a step's row."""
+    return _sum_states(static, h * C_lanes_ref[_state_rows(static, i), :])
 
 
 def _unroll(static: Static):
@@ -244,14 +346,13 @@ def _forward_kernel(static: Static, save_tile_states: bool, *refs):
     h_ref, step_ref, drive_ref, B_lanes_ref, C_lanes_ref, readout_ref = refs
 
     channel_tile_index, seq_tile_index = pl.program_id(1), pl.program_id(2)
-    state = static.state
 
     @pl.when(seq_tile_index == 0)
     def _():
         h_ref[...] = jnp.zeros_like(h_ref)
 
     _discretise(static, seq_tile_index, u_ref, delta_ref, bias_ref, step_ref, drive_ref)
-    groups = _group_matrix(static, channel_tile_index)
+    groups = _group_matrices(static, channel_tile_index)
     A = A_ref[...]
     sub_steps = static.tiling.sub_steps
 
@@ -260,8 +361,8 @@ def _forward_kernel(static: Static, save_tile_states: bool, *refs):
         _expand_bc(static, seq_tile_index, groups, start, B_ref, C_ref, B_lanes_ref, C_lanes_ref)
 
         def scan_step(i, h):
-            h = _advance(h, A, start + i, i, state, step_ref, drive_ref, B_lanes_ref)
-            readout_ref[pl.ds(start + i, 1), :] = _readout(h, i, state, C_lanes_ref)
+            h = _advance(static, h, A, start + i, i, step_ref, drive_ref, B_lanes_ref)
+            _set_row(readout_ref, start + i, _readout(static, h, i, C_lanes_ref))
             return h
 
         return lax.fori_loop(0, sub_steps, scan_step, h, unroll=_unroll(static))
@@ -304,11 +405,13 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
         g_drive_B_ref,
     ) = refs
 
-    tiling, state = static.tiling, static.state
+    tiling = static.tiling
     sub_steps = tiling.sub_steps
     channel_tile_index = pl.program_id(1)
     reversed_index = pl.program_id(2)
     seq_tile_index = tiling.num_seq_tiles - 1 - reversed_index
+    spread = functools.partial(_spread, static)
+    sum_states = functools.partial(_sum_states, static)
 
     @pl.when(reversed_index == 0)  # the last sequence tile: start the reverse recurrence
     def _():
@@ -318,7 +421,7 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
         gbias_ref[...] = jnp.zeros_like(gbias_ref)
 
     valid = _discretise(static, seq_tile_index, u_ref, delta_ref, bias_ref, step_ref, drive_ref)
-    groups = _group_matrix(static, channel_tile_index)
+    groups = _group_matrices(static, channel_tile_index)
     expand_bc = lambda start: _expand_bc(static, seq_tile_index, groups, start, B_ref, C_ref, B_lanes_ref, C_lanes_ref)
     A = A_ref[...]
     h_start = jnp.where(seq_tile_index > 0, start_ref[...], 0.0)
@@ -330,10 +433,10 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
 
         def recompute_step(i, h):
             t = start + i
-            h = _advance(h, A, t, i, state, step_ref, drive_ref, B_lanes_ref)
-            states_ref[_state_rows(t, state), :] = h
+            h = _advance(static, h, A, t, i, step_ref, drive_ref, B_lanes_ref)
+            states_ref[_state_rows(static, t), :] = h
             if static.has_z:
-                readout_ref[pl.ds(t, 1), :] = _readout(h, i, state, C_lanes_ref)
+                _set_row(readout_ref, t, _readout(static, h, i, C_lanes_ref))
             return h
 
         return lax.fori_loop(0, sub_steps, recompute_step, h, unroll=_unroll(static))
@@ -352,7 +455,7 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
         gy = gy * (z * sigmoid_z)
     g_readout = jnp.where(valid, gy, 0.0)
     g_readout_ref[...] = g_readout
-    gD_ref[...] += jnp.sum(jnp.where(valid, g_readout * u, 0.0), axis=0, keepdims=True)
+    gD_ref[...] += _sum_steps(jnp.where(valid, g_readout * u, 0.0))
 
     # 3. Reverse recurrence, sub-block by sub-block (last first). After step t, its rows of the
     #    expanded B and of the states are dead, so they are overwritten with the per-step terms of
@@ -365,24 +468,34 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
             g_h, gA = carry
             i = sub_steps - 1 - m
             t = start + i
-            rows, state_rows, row = _state_rows(i, state), _state_rows(t, state), pl.ds(t, 1)
-            step = step_ref[row, :]
-            g_h = g_h + g_readout_ref[row, :] * C_lanes_ref[rows, :]
+            rows, state_rows = _state_rows(static, i), _state_rows(static, t)
+            step = spread(_row(step_ref, t))
+            g_readout = spread(_row(g_readout_ref, t))
+            g_h = g_h + g_readout * C_lanes_ref[rows, :]
             decay = jnp.exp(step * A)
-            previous = jnp.where(t > 0, states_ref[_state_rows(jnp.maximum(t - 1, 0), state), :], h_start)
+            previous = jnp.where(t > 0, states_ref[_state_rows(static, jnp.maximum(t - 1, 0)), :], h_start)
             g_decay = g_h * previous * decay  # d loss / d(step A), per state
             gA = gA + g_decay * step
-            g_step_decay_ref[row, :] = jnp.sum(g_decay * A, axis=0, keepdims=True)
-            g_drive_B_ref[row, :] = jnp.sum(g_h * B_lanes_ref[rows, :], axis=0, keepdims=True)
-            B_lanes_ref[rows, :] = g_h * drive_ref[row, :]
-            states_ref[state_rows, :] = states_ref[state_rows, :] * g_readout_ref[row, :]
+            _set_row(g_step_decay_ref, t, sum_states(g_decay * A))
+            _set_row(g_drive_B_ref, t, sum_states(g_h * B_lanes_ref[rows, :]))
+            B_lanes_ref[rows, :] = g_h * spread(_row(drive_ref, t))
+            states_ref[state_rows, :] = states_ref[state_rows, :] * g_readout
             return g_h * decay, gA
 
         carry = lax.fori_loop(0, sub_steps, reverse_step, carry, unroll=_unroll(static))
-        columns = _bc_columns(static, start)  # also this sub-block's rows of states_ref
-        for terms, out_ref in ((B_lanes_ref[...], gB_ref), (states_ref[columns, :], gC_ref)):
-            out_ref[:, columns] = lax.dot_general(
-                groups, terms, (((1,), (1,)), ((), ())), precision=HIGHEST, preferred_element_type=F32
+        for terms_ref, first, out_ref in ((B_lanes_ref, 0, gB_ref), (states_ref, start, gC_ref)):
+            out_ref[:, _bc_columns(static, start)] = functools.reduce(
+                operator.add,
+                [
+                    lax.dot_general(
+                        group_matrix,
+                        terms_ref[_folded_rows(static, first, s), :],
+                        (((1,), (1,)), ((), ())),
+                        precision=HIGHEST,
+                        preferred_element_type=F32,
+                    )
+                    for s, group_matrix in enumerate(groups)
+                ],
             )
         return carry
 
@@ -398,7 +511,7 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
         g_step = g_step * jax.nn.sigmoid(delta_ref[...].astype(F32) + bias_ref[...])
     g_step = jnp.where(valid, g_step, 0.0)
     gdelta_ref[...] = g_step.astype(gdelta_ref.dtype)
-    gbias_ref[...] += jnp.sum(g_step, axis=0, keepdims=True)
+    gbias_ref[...] += _sum_steps(g_step)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -408,19 +521,24 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
 def _specs(static: Static, reverse: bool):
     """BlockSpecs by argument kind, for grid (batch, channel tiles, sequence tiles)."""
     tiling, state, groups = static.tiling, static.state, static.groups
+    lanes, fold, rows = tiling.lanes, tiling.fold, static.state_rows
     last = tiling.num_seq_tiles - 1
     seq = (lambda s: last - s) if reverse else (lambda s: s)
+    if fold == 1:
+        sequence = pl.BlockSpec((None, tiling.seq_tile, lanes), lambda b, c, s: (b, seq(s), c))
+    else:
+        sequence = pl.BlockSpec((None, tiling.seq_tile, None, fold, lanes), lambda b, c, s: (b, seq(s), c, 0, 0))
     return dict(
-        sequence=pl.BlockSpec((None, tiling.seq_tile, tiling.channel_tile), lambda b, c, s: (b, seq(s), c)),
+        sequence=sequence,
         flat_bc=pl.BlockSpec((None, groups, tiling.seq_tile * state), lambda b, c, s: (b, 0, seq(s))),
-        per_channel=pl.BlockSpec((state, tiling.channel_tile), lambda b, c, s: (0, c)),
-        row=pl.BlockSpec((1, tiling.channel_tile), lambda b, c, s: (0, c)),
-        tile_state=pl.BlockSpec((None, None, state, tiling.channel_tile), lambda b, c, s: (b, seq(s), 0, c)),
+        per_channel=pl.BlockSpec((None, rows, lanes), lambda b, c, s: (c, 0, 0)),
+        row=pl.BlockSpec((None, fold, lanes), lambda b, c, s: (c, 0, 0)),
+        tile_state=pl.BlockSpec((None, None, None, rows, lanes), lambda b, c, s: (b, seq(s), c, 0, 0)),
         previous_tile_state=pl.BlockSpec(
-            (None, None, state, tiling.channel_tile), lambda b, c, s: (b, jnp.maximum(seq(s) - 1, 0), 0, c)
+            (None, None, None, rows, lanes), lambda b, c, s: (b, jnp.maximum(seq(s) - 1, 0), c, 0, 0)
         ),
-        batch_state=pl.BlockSpec((None, state, tiling.channel_tile), lambda b, c, s: (b, 0, c)),
-        batch_row=pl.BlockSpec((None, 1, tiling.channel_tile), lambda b, c, s: (b, 0, c)),
+        batch_state=pl.BlockSpec((None, None, rows, lanes), lambda b, c, s: (b, c, 0, 0)),
+        batch_row=pl.BlockSpec((None, None, fold, lanes), lambda b, c, s: (b, c, 0, 0)),
         partial_bc=pl.BlockSpec((None, None, groups, tiling.seq_tile * state), lambda b, c, s: (b, c, 0, seq(s))),
     )
 
@@ -436,6 +554,36 @@ def _compiler_params():
     )
 
 
+def _tile_shape(static: Static):
+    """Shape of a sequence block, and of the per-step scratch buffers, in the kernels."""
+    t = static.tiling
+    return (t.seq_tile, t.lanes) if t.fold == 1 else (t.seq_tile, t.fold, t.lanes)
+
+
+def _folded(x, static: Static):
+    """(batch, length, channels) -> the view the sequence BlockSpec reads (a free reshape)."""
+    t = static.tiling
+    return x if t.fold == 1 else x.reshape(*x.shape[:2], t.num_channel_tiles, t.fold, t.lanes)
+
+
+def _unfolded(x, static: Static):
+    return x.reshape(static.batch, static.length, static.channels)
+
+
+def _to_state_rows(x, static: Static):
+    """(..., state, channels) -> (..., channel tiles, state * fold, lanes), in h's row order."""
+    t = static.tiling
+    x = x.reshape(*x.shape[:-2], static.state, t.num_channel_tiles, t.fold, t.lanes)
+    return jnp.moveaxis(x, -3, -4).reshape(*x.shape[:-4], t.num_channel_tiles, static.state_rows, t.lanes)
+
+
+def _from_state_rows(x, static: Static):
+    """(..., channel tiles, state * fold, lanes) -> (..., state, channels)."""
+    t = static.tiling
+    x = x.reshape(*x.shape[:-2], static.state, t.fold, t.lanes)
+    return jnp.moveaxis(x, -4, -3).reshape(*x.shape[:-4], static.state, static.channels)
+
+
 def _flatten_bc(x, static: Static):
     """(batch, length, [groups,] state) -> (batch, groups, length * state), dtype kept."""
     x = x.reshape(static.batch, static.length, static.groups, static.state)
@@ -443,31 +591,40 @@ def _flatten_bc(x, static: Static):
 
 
 def _kernel_operands(static: Static, A, B, C, D, delta_bias):
-    A_lanes = jnp.swapaxes(A.astype(F32), 0, 1)  # (state, channels)
-    rows = lambda v: v.astype(F32).reshape(1, static.channels)
-    return _flatten_bc(B, static), _flatten_bc(C, static), A_lanes, rows(D), rows(delta_bias)
+    t = static.tiling
+    A_rows = _to_state_rows(jnp.swapaxes(A.astype(F32), 0, 1), static)  # (tiles, state * fold, lanes)
+    rows = lambda v: v.astype(F32).reshape(t.num_channel_tiles, t.fold, t.lanes)
+    return _flatten_bc(B, static), _flatten_bc(C, static), A_rows, rows(D), rows(delta_bias)
+
+
+def _last_state(state_rows, static: Static):
+    """(batch, channel tiles, state * fold, lanes) -> (batch, channels, state)."""
+    return jnp.swapaxes(_from_state_rows(state_rows, static), 1, 2)
 
 
 def _forward(static: Static, save_tile_states: bool, u, delta, z, A, B, C, D, delta_bias):
-    """(y, tile end states (batch, tiles, state, channels) or the last state or None)."""
+    """(y, tile end states (batch, seq tiles, channel tiles, state * fold, lanes) or the last
+    state (batch, channel tiles, state * fold, lanes) or None)."""
     spec = _specs(static, reverse=False)
     t = static.tiling
-    inputs = [u, delta] + ([z] if static.has_z else []) + list(_kernel_operands(static, A, B, C, D, delta_bias))
+    sequence_inputs = [u, delta] + ([z] if static.has_z else [])
+    inputs = [_folded(x, static) for x in sequence_inputs] + list(_kernel_operands(static, A, B, C, D, delta_bias))
     in_specs = (
-        [spec["sequence"]] * (3 if static.has_z else 2)
+        [spec["sequence"]] * len(sequence_inputs)
         + [spec["flat_bc"]] * 2
         + [spec["per_channel"], spec["row"], spec["row"]]
     )
-    out_shape = [jax.ShapeDtypeStruct(u.shape, u.dtype)]
+    out_shape = [jax.ShapeDtypeStruct(inputs[0].shape, u.dtype)]
     out_specs = [spec["sequence"]]
+    state_shape = (t.num_channel_tiles, static.state_rows, t.lanes)
     if save_tile_states:
-        out_shape.append(jax.ShapeDtypeStruct((static.batch, t.num_seq_tiles, static.state, static.channels), F32))
+        out_shape.append(jax.ShapeDtypeStruct((static.batch, t.num_seq_tiles, *state_shape), F32))
         out_specs.append(spec["tile_state"])
     elif static.return_last_state:
-        out_shape.append(jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32))
+        out_shape.append(jax.ShapeDtypeStruct((static.batch, *state_shape), F32))
         out_specs.append(spec["batch_state"])
-    tile = (t.seq_tile, t.channel_tile)
-    lanes = (t.sub_steps * static.state, t.channel_tile)
+    tile = _tile_shape(static)
+    lanes = (t.sub_steps * static.state_rows, t.lanes)
     outputs = pl.pallas_call(
         functools.partial(_forward_kernel, static, save_tile_states),
         grid=_grid(static),
@@ -475,7 +632,7 @@ def _forward(static: Static, save_tile_states: bool, u, delta, z, A, B, C, D, de
         out_specs=out_specs,
         out_shape=out_shape,
         scratch_shapes=[
-            pltpu.VMEM((static.state, t.channel_tile), F32),
+            pltpu.VMEM((static.state_rows, t.lanes), F32),
             pltpu.VMEM(tile, F32),
             pltpu.VMEM(tile, F32),
             pltpu.VMEM(lanes, F32),
@@ -486,7 +643,7 @@ def _forward(static: Static, save_tile_states: bool, u, delta, z, A, B, C, D, de
         interpret=static.interpret,
         name="selective_scan_forward",
     )(*inputs)
-    return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+    return _unfolded(outputs[0], static), (outputs[1] if len(outputs) > 1 else None)
 
 
 def _backward(static: Static, residuals, gy, g_last_state):
@@ -495,31 +652,35 @@ def _backward(static: Static, residuals, gy, g_last_state):
     t = static.tiling
     has_g_last = g_last_state is not None
     sequence_inputs = [u, delta] + ([z] if static.has_z else []) + [gy]
-    inputs = sequence_inputs + list(_kernel_operands(static, A, B, C, D, delta_bias)) + [tile_states]
+    inputs = (
+        [_folded(x, static) for x in sequence_inputs]
+        + list(_kernel_operands(static, A, B, C, D, delta_bias))
+        + [tile_states]
+    )
     in_specs = (
         [spec["sequence"]] * len(sequence_inputs)
         + [spec["flat_bc"]] * 2
         + [spec["per_channel"], spec["row"], spec["row"], spec["previous_tile_state"]]
     )
     if has_g_last:
-        inputs.append(jnp.swapaxes(g_last_state.astype(F32), 1, 2))
+        inputs.append(_to_state_rows(jnp.swapaxes(g_last_state.astype(F32), 1, 2), static))
         in_specs.append(spec["batch_state"])
     sequence_grads = [u, delta] + ([z] if static.has_z else [])
     partial_bc = (static.batch, t.num_channel_tiles, static.groups, static.length * static.state)
     out_shape = (
-        [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in sequence_grads]
+        [jax.ShapeDtypeStruct(inputs[0].shape, x.dtype) for x in sequence_grads]
         + [jax.ShapeDtypeStruct(partial_bc, F32)] * 2
-        + [jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32)]
-        + [jax.ShapeDtypeStruct((static.batch, 1, static.channels), F32)] * 2
+        + [jax.ShapeDtypeStruct((static.batch, t.num_channel_tiles, static.state_rows, t.lanes), F32)]
+        + [jax.ShapeDtypeStruct((static.batch, t.num_channel_tiles, t.fold, t.lanes), F32)] * 2
     )
     out_specs = (
         [spec["sequence"]] * len(sequence_grads)
         + [spec["partial_bc"]] * 2
         + [spec["batch_state"], spec["batch_row"], spec["batch_row"]]
     )
-    tile = (t.seq_tile, t.channel_tile)
-    lanes = (t.sub_steps * static.state, t.channel_tile)
-    states = (t.seq_tile * static.state, t.channel_tile)
+    tile = _tile_shape(static)
+    lanes = (t.sub_steps * static.state_rows, t.lanes)
+    states = (t.seq_tile * static.state_rows, t.lanes)
     grads = pl.pallas_call(
         functools.partial(_backward_kernel, static, has_g_last),
         grid=_grid(static),
@@ -527,7 +688,7 @@ def _backward(static: Static, residuals, gy, g_last_state):
         out_specs=out_specs,
         out_shape=out_shape,
         scratch_shapes=[
-            pltpu.VMEM((static.state, t.channel_tile), F32),
+            pltpu.VMEM((static.state_rows, t.lanes), F32),
             pltpu.VMEM(states, F32),
             pltpu.VMEM(tile, F32),
             pltpu.VMEM(tile, F32),
@@ -543,29 +704,29 @@ def _backward(static: Static, residuals, gy, g_last_state):
         name="selective_scan_backward",
     )(*inputs)
     grads = list(grads)
-    gu, gdelta = grads.pop(0), grads.pop(0)
-    gz = grads.pop(0) if static.has_z else None
+    gu, gdelta = _unfolded(grads.pop(0), static), _unfolded(grads.pop(0), static)
+    gz = _unfolded(grads.pop(0), static) if static.has_z else None
     gB_partial, gC_partial, gA_partial, gD_partial, gbias_partial = grads
 
     def bc_grad(partial, like):
         g = partial.sum(axis=1).reshape(static.batch, static.groups, static.length, static.state)
         return jnp.swapaxes(g, 1, 2).reshape(like.shape).astype(like.dtype)
 
-    gA = jnp.swapaxes(gA_partial.sum(axis=0), 0, 1).astype(A.dtype)
-    gD = gD_partial.sum(axis=(0, 1)).astype(D.dtype)
-    gbias = gbias_partial.sum(axis=(0, 1)).astype(delta_bias.dtype)
+    gA = jnp.swapaxes(_from_state_rows(gA_partial.sum(axis=0), static), 0, 1).astype(A.dtype)
+    gD = gD_partial.sum(axis=0).reshape(static.channels).astype(D.dtype)
+    gbias = gbias_partial.sum(axis=0).reshape(static.channels).astype(delta_bias.dtype)
     return gu, gdelta, gz, gA, bc_grad(gB_partial, B), bc_grad(gC_partial, C), gD, gbias
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _scan(static: Static, u, delta, z, A, B, C, D, delta_bias):
     y, last_state = _forward(static, False, u, delta, z, A, B, C, D, delta_bias)
-    return y, (None if last_state is None else jnp.swapaxes(last_state, 1, 2))
+    return y, (None if last_state is None else _last_state(last_state, static))
 
 
 def _scan_forward(static: Static, u, delta, z, A, B, C, D, delta_bias):
     y, tile_states = _forward(static, True, u, delta, z, A, B, C, D, delta_bias)
-    last_state = jnp.swapaxes(tile_states[:, -1], 1, 2) if static.return_last_state else None
+    last_state = _last_state(tile_states[:, -1], static) if static.return_last_state else None
     return (y, last_state), (u, delta, z, A, B, C, D, delta_bias, tile_states)
 
 
