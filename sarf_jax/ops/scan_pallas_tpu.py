@@ -36,7 +36,10 @@ state size, so that one step fills whole registers where the shapes allow:
               a sublane stride of fold, so that step t's rows are h's rows. That handles plain
               and grouped B/C alike, with no relayout inside the time loop, and keeps the
               expanded copies at a sub-block's size instead of a tile's.
-  time loop   `lax.fori_loop` over the sub-blocks, and inside each over its steps.
+  time loop   `lax.fori_loop` over the sub-blocks, and inside each over its steps. Per-step
+              output rows (the readout; in the backward pass the two per-step gradient terms)
+              that fill one sublane (no fold) are gathered 8 steps at a time and stored as one
+              (8, lanes) block; folded rows are whole registers and are stored as they come.
 
 Backward (one kernel, sequence tiles visited in reverse through the index maps): the forward
 pass saved only the state at the end of each sequence tile. Each tile recomputes its states from
@@ -65,7 +68,7 @@ mode, lowering on a CPU host) the compiler's default limit stands and tiles are 
 Nothing here is timed or tuned on hardware: no TPU was reachable. The folded layout was checked
 in interpret mode and by the Mosaic lowering on a CPU host only (tests/ops/test_scan_pallas.py).
 Tile sizes follow axlearn's v5p defaults in spirit (apple/axlearn axlearn/common/ssm.py;
-docs/architecture.md#pallas-kernels). With state >= 8 each step still stores a one-row readout.
+docs/architecture.md#pallas-kernels).
 """
 
 from __future__ import annotations
@@ -336,6 +339,46 @@ def _unroll(static: Static):
     return 1 if static.interpret is not False else min(8, static.tiling.sub_steps)
 
 
+def _run_steps(static: Static, count, step, carry, row_refs, first, reverse=False):
+    """Runs `carry, rows = step(i, carry)` for sub-block steps i = 0 .. count - 1 (last first when
+    `reverse`) and stores rows[j] as tile step `first + i` of row_refs[j].
+
+    A folded row is a whole register and is stored as it comes. An unfolded row is one sublane,
+    so the rows of 8 consecutive steps are gathered into one (8, lanes) block and stored at once
+    (sub-blocks start at multiples of 8, so the blocks are aligned); a sub-block's last
+    count % 8 steps store single rows.
+    """
+
+    def one_at_a_time(begin, steps, carry):
+        def body(m, carry):
+            i = begin + (steps - 1 - m if reverse else m)
+            carry, rows = step(i, carry)
+            for ref, row in zip(row_refs, rows):
+                _set_row(ref, first + i, row)
+            return carry
+
+        return lax.fori_loop(0, steps, body, carry, unroll=min(_unroll(static), steps)) if steps else carry
+
+    if static.tiling.fold > 1 or not row_refs:
+        return one_at_a_time(0, count, carry)
+    blocks, tail = divmod(count, SUBLANES)
+
+    def block(k, carry):
+        begin = (blocks - 1 - k if reverse else k) * SUBLANES
+        rows = [None] * SUBLANES
+        for j in reversed(range(SUBLANES)) if reverse else range(SUBLANES):
+            carry, rows[j] = step(begin + j, carry)
+        at = pl.ds(pl.multiple_of(first + begin, SUBLANES), SUBLANES)
+        for n, ref in enumerate(row_refs):
+            ref[at, :] = jnp.concatenate([r[n] for r in rows], axis=0)
+        return carry
+
+    if reverse:
+        carry = one_at_a_time(blocks * SUBLANES, tail, carry)
+    carry = lax.fori_loop(0, blocks, block, carry)
+    return carry if reverse else one_at_a_time(blocks * SUBLANES, tail, carry)
+
+
 def _forward_kernel(static: Static, save_tile_states: bool, *refs):
     refs = list(refs)
     take = lambda present=True: refs.pop(0) if present else None
@@ -362,10 +405,9 @@ def _forward_kernel(static: Static, save_tile_states: bool, *refs):
 
         def scan_step(i, h):
             h = _advance(static, h, A, start + i, i, step_ref, drive_ref, B_lanes_ref)
-            _set_row(readout_ref, start + i, _readout(static, h, i, C_lanes_ref))
-            return h
+            return h, (_readout(static, h, i, C_lanes_ref),)
 
-        return lax.fori_loop(0, sub_steps, scan_step, h, unroll=_unroll(static))
+        return _run_steps(static, sub_steps, scan_step, h, (readout_ref,), start)
 
     h = lax.fori_loop(0, static.tiling.num_sub_blocks, sub_block, h_ref[...])
     h_ref[...] = h
@@ -435,11 +477,10 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
             t = start + i
             h = _advance(static, h, A, t, i, step_ref, drive_ref, B_lanes_ref)
             states_ref[_state_rows(static, t), :] = h
-            if static.has_z:
-                _set_row(readout_ref, t, _readout(static, h, i, C_lanes_ref))
-            return h
+            return h, ((_readout(static, h, i, C_lanes_ref),) if static.has_z else ())
 
-        return lax.fori_loop(0, sub_steps, recompute_step, h, unroll=_unroll(static))
+        readout = (readout_ref,) if static.has_z else ()
+        return _run_steps(static, sub_steps, recompute_step, h, readout, start)
 
     lax.fori_loop(0, tiling.num_sub_blocks, recompute_sub_block, h_start)
 
@@ -464,9 +505,8 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
         start = (tiling.num_sub_blocks - 1 - k) * sub_steps
         expand_bc(start)
 
-        def reverse_step(m, carry):
+        def reverse_step(i, carry):
             g_h, gA = carry
-            i = sub_steps - 1 - m
             t = start + i
             rows, state_rows = _state_rows(static, i), _state_rows(static, t)
             step = spread(_row(step_ref, t))
@@ -476,13 +516,13 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
             previous = jnp.where(t > 0, states_ref[_state_rows(static, jnp.maximum(t - 1, 0)), :], h_start)
             g_decay = g_h * previous * decay  # d loss / d(step A), per state
             gA = gA + g_decay * step
-            _set_row(g_step_decay_ref, t, sum_states(g_decay * A))
-            _set_row(g_drive_B_ref, t, sum_states(g_h * B_lanes_ref[rows, :]))
+            step_rows = (sum_states(g_decay * A), sum_states(g_h * B_lanes_ref[rows, :]))
             B_lanes_ref[rows, :] = g_h * spread(_row(drive_ref, t))
             states_ref[state_rows, :] = states_ref[state_rows, :] * g_readout
-            return g_h * decay, gA
+            return (g_h * decay, gA), step_rows
 
-        carry = lax.fori_loop(0, sub_steps, reverse_step, carry, unroll=_unroll(static))
+        step_refs = (g_step_decay_ref, g_drive_B_ref)
+        carry = _run_steps(static, sub_steps, reverse_step, carry, step_refs, start, reverse=True)
         for terms_ref, first, out_ref in ((B_lanes_ref, 0, gB_ref), (states_ref, start, gC_ref)):
             out_ref[:, _bc_columns(static, start)] = functools.reduce(
                 operator.add,
