@@ -29,6 +29,9 @@ x_floor is 1 for a scan that runs at whichever ceiling binds it.
 One JSON object per line: {"bench": "machine"}, {"bench": "ceilings"}, then one
 {"bench": "scan_roofline"} per (shape, batch, impl).
 
+--gpu-designs blocks registers times both designs of the GPU kernel (sarf_jax.ops.scan_pallas_gpu)
+wherever it runs, one row each ("gpu_design"; null for rows that do not run it).
+
 With --ss2d the rows are SS2D's whole four-direction scan (sarf_jax.ops.cross_scan) at VMamba-T's
 stage-0 and stage-2 grids, {"bench": "ss2d_roofline"} per (shape, batch, mode, variant): forward,
 and forward + backward (all eight gradients), for the GPU kernel fused with the cross-scan, the
@@ -45,6 +48,7 @@ above 1 x floor by that traffic.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import pathlib
@@ -62,7 +66,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from scan_gpu import layer_inputs  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 
 from sarf_jax.analysis import machine_info, median_seconds  # noqa: E402
-from sarf_jax.ops import selective_scan  # noqa: E402
+from sarf_jax.ops import scan_pallas_gpu, selective_scan  # noqa: E402
 from sarf_jax.ops.cross_scan import cross_selective_scan  # noqa: E402
 from sarf_jax.ops.selective_scan import resolve_impl  # noqa: E402
 
@@ -257,6 +261,24 @@ def number_of_sets(set_bytes: int, working_set_mib: float) -> int:
     return min(MAX_SETS, max(4, math.ceil(working_set_mib * 2**20 / set_bytes)))
 
 
+def with_gpu_designs(names, designs):
+    """(impl or SS2D variant, GPU kernel design or None) pairs: every design for what runs the GPU
+    kernel (sarf_jax.ops.scan_pallas_gpu.DESIGN), None for the rest."""
+    uses_gpu_kernel = lambda name: resolve_impl(SS2D_VARIANTS.get(name, (name,))[0]) == "pallas_gpu"
+    return [(name, design) for name in names for design in (designs if uses_gpu_kernel(name) else [None])]
+
+
+@contextlib.contextmanager
+def gpu_design(design):
+    """Trace the GPU kernel in this design (None: leave the default)."""
+    saved = scan_pallas_gpu.DESIGN
+    scan_pallas_gpu.DESIGN = design or saved
+    try:
+        yield
+    finally:
+        scan_pallas_gpu.DESIGN = saved
+
+
 def bench_shape(name, shape, batch, impls, ceilings, args):
     """One row per implementation for one (shape, batch)."""
     first = scan_inputs(batch, *shape, seed=0)
@@ -266,9 +288,10 @@ def bench_shape(name, shape, batch, impls, ceilings, args):
     ]
     length, channels, state = shape[:3]
     exps = batch * length * channels * state
-    for impl in impls:
+    for impl, design in with_gpu_designs(impls, args.gpu_designs):
         scan = lambda inputs, impl=impl: selective_scan(**inputs, delta_softplus=True, impl=impl)
-        timing = time_scan(scan, sets, args.calls, args.repeats)
+        with gpu_design(design):
+            timing = time_scan(scan, sets, args.calls, args.repeats)
         row = {
             "bench": "scan_roofline",
             "shape": name,
@@ -276,6 +299,7 @@ def bench_shape(name, shape, batch, impls, ceilings, args):
             **dict(zip(SHAPE_FIELDS, shape)),
             "dtype": "bfloat16",
             "impl": impl,
+            "gpu_design": design,
             "resolved_impl": "chunked" if timing["fell_back_to_chunked"] else resolve_impl(impl),
             "bytes": bytes_moved,
             "exps": exps,
@@ -354,8 +378,9 @@ def bench_ss2d(name, shape, batch, variants, ceilings, args):
     ]
     for mode in ("forward", "forward_backward"):
         bytes_moved, exps = ss2d_minimal(first, mode)
-        for variant in variants:
-            timing = time_scan(ss2d_function(variant, mode), sets, args.calls, args.repeats)
+        for variant, design in with_gpu_designs(variants, args.gpu_designs):
+            with gpu_design(design):
+                timing = time_scan(ss2d_function(variant, mode), sets, args.calls, args.repeats)
             impl, fused = SS2D_VARIANTS[variant]
             row = {
                 "bench": "ss2d_roofline",
@@ -366,6 +391,7 @@ def bench_ss2d(name, shape, batch, variants, ceilings, args):
                 "mode": mode,
                 "variant": variant,
                 "impl": impl,
+                "gpu_design": design,
                 "fused": fused,
                 "bytes": bytes_moved,
                 "exps": exps,
@@ -407,6 +433,13 @@ def parse_args():
         choices=tuple(SS2D_VARIANTS),
         default=None,
         help="with --ss2d (default: the platform's)",
+    )
+    parser.add_argument(
+        "--gpu-designs",
+        nargs="+",
+        choices=scan_pallas_gpu.DESIGNS,
+        default=[scan_pallas_gpu.DESIGN],
+        help="designs of the GPU kernel to time, one row each (default: the default design)",
     )
     parser.add_argument("--small", action="store_true", help="tiny shapes, batch 2 (the default on a CPU)")
     parser.add_argument("--full", action="store_true", help="the real shapes even on a CPU")

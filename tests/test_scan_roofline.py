@@ -105,3 +105,25 @@ def test_ss2d_rows_time_each_mode_and_variant_against_the_minimal_traffic():
     assert rows[0]["exps"] == grid * 4 * d_inner * state and rows[1]["exps"] == 2 * rows[0]["exps"]
     for row in rows:
         assert row["us_per_call"] > 0 and row["x_floor"] > 0.5 and not row["warnings"], row
+
+
+def test_every_gpu_kernel_design_gets_its_own_row_where_the_gpu_kernel_runs():
+    module = roofline_module()
+    designs = ["blocks", "registers"]
+    pairs = module.with_gpu_designs(["pallas_gpu", "chunked", "fused", "unfused", "reference"], designs)
+    assert pairs == [
+        ("pallas_gpu", "blocks"),
+        ("pallas_gpu", "registers"),
+        ("chunked", None),
+        ("fused", "blocks"),
+        ("fused", "registers"),
+        ("unfused", "blocks"),
+        ("unfused", "registers"),
+        ("reference", None),
+    ]
+    default = module.scan_pallas_gpu.DESIGN
+    with module.gpu_design("registers"):
+        assert module.scan_pallas_gpu.DESIGN == "registers"
+    with module.gpu_design(None):
+        assert module.scan_pallas_gpu.DESIGN == default
+    assert module.scan_pallas_gpu.DESIGN == default

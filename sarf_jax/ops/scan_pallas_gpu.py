@@ -44,6 +44,27 @@ int32 (groups, length) table and writes y there; delta, B and C are read at row 
 official indexing: only u is permuted). u, delta (batch, length, per_group) and C (batch, length,
 1, state) are shared by all groups; y, du and d(delta) come out per group and are summed outside.
 
+Two designs of the same kernels (`DESIGN`, recorded in Static):
+  "blocks"     (the default, the one timed on an H100 in benchmarks/RESULTS.md) holds h as one
+               (state, channel_tile) block over 4 warps. Triton lays the block out itself, so
+               <h, C> and the backward's sums over the state may cross warps every step, and each
+               step's loads are issued when the step starts, so their latency is paid every step.
+  "registers"  holds h as `state` separate (channel_tile,) vectors with one thread per channel
+               (channel_tile / 32 warps), so a channel's states sit in one thread's registers and
+               every sum over the state is a chain of register adds; B and C are read as scalars
+               (one broadcast load per state); the loads of step t + PREFETCH are issued before
+               step t's math (carried through the loop), so their latency overlaps PREFETCH steps
+               of work; decays are exp2(delta * A log2 e) with A log2 e computed once. Checked
+               in interpret mode and by the Triton lowering (tests/ops/test_scan_pallas_gpu_designs.py);
+               not yet timed: no GPU was available since it was written.
+`benchmarks/gpu_session.sh` times both (`scan_roofline.py --gpu-designs`); the one that measures
+faster should become the only one.
+
+Not done, and why: dB and dC stay per-channel-tile fp32 partials summed by XLA rather than atomic
+adds: atomic float adds make the gradients' rounding depend on thread timing, so two identical
+runs could differ, and the partials keep the kernel deterministic; a length-parallel two-pass form (chunk end states, a combine, a
+rescan) for batches too small to fill the GPU waits for a measurement of the single-pass designs.
+
 Constraints (else the dispatcher falls back to `chunked`): state a power of two.
 """
 
@@ -51,6 +72,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +84,11 @@ from jax.experimental.pallas import triton as pltriton
 F32 = jnp.float32
 CHANNEL_TILE = 64  # channels per program at most (a power of two)
 CHUNK = 8  # steps between saved states, recomputed per chunk in the backward pass
-NUM_WARPS = 4
+NUM_WARPS = 4  # the "blocks" design's threads per program: 4 x 32
+DESIGNS = ("blocks", "registers")  # see the module docstring
+DESIGN = "blocks"  # the design static_for picks
+PREFETCH = 2  # "registers": steps whose loads are in flight ahead of the step being computed
+LOG2_E = math.log2(math.e)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +108,7 @@ class Static:
     interpret: object
     grid: tuple[int, int] | None = None  # (height, width) of a cross-scan, see the module docstring
     orders: tuple | None = None  # (groups, length) rows of u and y of an ordered scan, see the module docstring
+    design: str = "blocks"  # "blocks" or "registers", see the module docstring
 
     @property
     def ordered(self):
@@ -144,6 +172,7 @@ def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret, grid
         interpret,
         None if grid is None else (int(grid[0]), int(grid[1])),
         orders,
+        DESIGN,
     )
 
 
@@ -307,6 +336,151 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
 
 
 # ------------------------------------------------------------------------------------------------
+# The "registers" design (see the module docstring): the state as `state` separate channel
+# vectors, B and C as scalars, exp2, and the next steps' loads issued before this step's math.
+
+
+def _log2_rates(static: Static, p: _Program, A_ref):
+    """A's rows times log2(e), one (channel_tile,) vector per state, for exp2."""
+    return [A_ref[n, p.channels] * LOG2_E for n in range(static.state)]
+
+
+def _load_registers_step(static: Static, p: _Program, rows, u_ref, delta_ref, z_ref, B_ref, C_ref):
+    """fp32 (u, raw delta + bias, B scalars, C scalars, z or None) at `rows` for this program."""
+    u_row, row = rows
+    u = u_ref[p.batch, u_row, p.u_channels].astype(F32)
+    step_in = delta_ref[p.batch, row, p.delta_channels].astype(F32) + p.bias
+    B = tuple(B_ref[p.batch, row, p.group, n].astype(F32) for n in range(static.state))
+    C = tuple(C_ref[p.batch, row, p.C_group, n].astype(F32) for n in range(static.state))
+    z = z_ref[p.batch, row, p.channels].astype(F32) if static.has_z else None
+    return u, step_in, B, C, z
+
+
+def _sum(values):
+    return functools.reduce(operator.add, values)
+
+
+def _forward_kernel_registers(static: Static, save_chunk_states: bool, *refs):
+    refs = list(refs)
+    take = lambda present=True: refs.pop(0) if present else None
+    u_ref, delta_ref, z_ref = take(), take(), take(static.has_z)
+    B_ref, C_ref, A_ref, D_ref, bias_ref = (take() for _ in range(5))
+    orders_ref = take(static.ordered)
+    y_ref = take()
+    chunk_states_ref = take(save_chunk_states)
+    last_state_ref = take(static.return_last_state)
+    p = _Program(static, A_ref, D_ref, bias_ref)
+    A2 = _log2_rates(static, p, A_ref)
+    last = static.length - 1
+
+    def fetch(t):  # past the end: a real row, never used
+        rows = _rows(static, p.group, jnp.minimum(t, last), orders_ref)
+        return rows, _load_registers_step(static, p, rows, u_ref, delta_ref, z_ref, B_ref, C_ref)
+
+    def scan_step(t, carry):
+        h, queue = carry
+        (rows, (u, step_in, B, C, z)), queue = queue[0], queue[1:] + (fetch(t + PREFETCH),)
+        if save_chunk_states:
+
+            @pl.when(lax.rem(t, static.chunk) == 0)
+            def _():
+                for n in range(static.state):
+                    chunk_states_ref[p.batch, lax.div(t, static.chunk), n, p.channels] = h[n]
+
+        step = jax.nn.softplus(step_in) if static.delta_softplus else step_in
+        drive = step * u
+        h = tuple(jnp.exp2(step * A2[n]) * h[n] + drive * B[n] for n in range(static.state))
+        y = _sum([h[n] * C[n] for n in range(static.state)]) + p.D * u
+        if static.has_z:
+            y = y * jax.nn.silu(z)
+        y_ref[p.batch, rows[0], p.channels] = y.astype(y_ref.dtype)
+        return h, queue
+
+    h = tuple(jnp.zeros((static.channel_tile,), F32) for _ in range(static.state))
+    queue = tuple(fetch(t) for t in range(PREFETCH))
+    h, _ = lax.fori_loop(0, static.length, scan_step, (h, queue))
+    if static.return_last_state:
+        for n in range(static.state):
+            last_state_ref[p.batch, n, p.channels] = h[n]
+
+
+def _backward_kernel_registers(static: Static, has_last_state_cotangent: bool, *refs):
+    refs = list(refs)
+    take = lambda present=True: refs.pop(0) if present else None
+    u_ref, delta_ref, z_ref, gy_ref = take(), take(), take(static.has_z), take()
+    B_ref, C_ref, A_ref, D_ref, bias_ref, chunk_states_ref = (take() for _ in range(6))
+    orders_ref = take(static.ordered)
+    g_last_ref = take(has_last_state_cotangent)
+    gu_ref, gdelta_ref, gz_ref = take(), take(), take(static.has_z)
+    gB_ref, gC_ref, gA_ref, gD_ref, gbias_ref = refs
+    p = _Program(static, A_ref, D_ref, bias_ref)
+    A2 = _log2_rates(static, p, A_ref)
+    A = [A_ref[n, p.channels] for n in range(static.state)]
+    states_range = range(static.state)
+    last_step = static.length - 1
+
+    def one_chunk(i, carry):
+        g_h, gA, gD, gbias = carry
+        k = static.num_chunks - 1 - i
+        # Recompute the chunk: states[0] is h before its first step, states[j + 1] after step j.
+        steps, states = [], [tuple(chunk_states_ref[p.batch, k, n, p.channels] for n in states_range)]
+        for j in range(static.chunk):
+            t = k * static.chunk + j
+            valid = t <= last_step
+            rows = _rows(static, p.group, jnp.minimum(t, last_step), orders_ref)  # past the end: step 0
+            u, step_in, B, C, z = _load_registers_step(static, p, rows, u_ref, delta_ref, z_ref, B_ref, C_ref)
+            step = jnp.where(valid, jax.nn.softplus(step_in) if static.delta_softplus else step_in, 0.0)
+            decay = tuple(jnp.exp2(step * A2[n]) for n in states_range)
+            drive = step * u
+            states.append(tuple(decay[n] * states[-1][n] + drive * B[n] for n in states_range))
+            steps.append((rows, valid, u, step_in, step, drive, B, C, z, decay))
+        # Reverse recurrence over the chunk.
+        for j in reversed(range(static.chunk)):
+            (u_row, row), valid, u, step_in, step, drive, B, C, z, decay = steps[j]
+            g_readout = gy_ref[p.batch, u_row, p.channels].astype(F32)
+            if static.has_z:
+                sigmoid_z = jax.nn.sigmoid(z)
+                y_before_gate = _sum([states[j + 1][n] * C[n] for n in states_range]) + p.D * u
+                gz = g_readout * y_before_gate * sigmoid_z * (1.0 + z * (1.0 - sigmoid_z))
+                g_readout = g_readout * (z * sigmoid_z)
+            g_readout = jnp.where(valid, g_readout, 0.0)
+            g_h = tuple(g_h[n] + g_readout * C[n] for n in states_range)
+            g_decay = tuple(g_h[n] * states[j][n] * decay[n] for n in states_range)
+            gA = tuple(gA[n] + g_decay[n] * step for n in states_range)
+            g_drive_B = _sum([g_h[n] * B[n] for n in states_range])
+            g_step = _sum([g_decay[n] * A[n] for n in states_range]) + u * g_drive_B
+            if static.delta_softplus:
+                g_step = g_step * jax.nn.sigmoid(step_in)
+            g_step = jnp.where(valid, g_step, 0.0)
+            gD = gD + g_readout * u
+            gbias = gbias + g_step
+
+            @pl.when(valid)
+            def _():
+                gu_ref[p.batch, u_row, p.channels] = (g_readout * p.D + step * g_drive_B).astype(gu_ref.dtype)
+                gdelta_ref[p.batch, row, p.channels] = g_step.astype(gdelta_ref.dtype)
+                if static.has_z:
+                    gz_ref[p.batch, row, p.channels] = gz.astype(gz_ref.dtype)
+                for n in states_range:
+                    gB_ref[p.batch, p.group, p.tile, row, n] = jnp.sum(g_h[n] * drive)
+                    gC_ref[p.batch, p.group, p.tile, row, n] = jnp.sum(states[j + 1][n] * g_readout)
+
+            g_h = tuple(g_h[n] * decay[n] for n in states_range)
+        return g_h, gA, gD, gbias
+
+    zeros = jnp.zeros((static.channel_tile,), F32)
+    if has_last_state_cotangent:
+        g_h = tuple(g_last_ref[p.batch, n, p.channels] for n in states_range)
+    else:
+        g_h = (zeros,) * static.state
+    _, gA, gD, gbias = lax.fori_loop(0, static.num_chunks, one_chunk, (g_h, (zeros,) * static.state, zeros, zeros))
+    for n in states_range:
+        gA_ref[p.batch, n, p.channels] = gA[n]
+    gD_ref[p.batch, p.channels] = gD
+    gbias_ref[p.batch, p.channels] = gbias
+
+
+# ------------------------------------------------------------------------------------------------
 # pallas_call wrappers
 
 
@@ -314,8 +488,17 @@ def _grid(static: Static):
     return (static.batch, static.groups, static.tiles_per_group)
 
 
-def _compiler_params():
-    return pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=1)
+def _compiler_params(static: Static):
+    """ "blocks": NUM_WARPS warps. "registers": one thread per channel of the tile (at least a
+    warp), so that a channel's state vectors sit in one thread's registers."""
+    num_warps = NUM_WARPS if static.design == "blocks" else max(1, static.channel_tile // 32)
+    return pltriton.CompilerParams(num_warps=num_warps, num_stages=1)
+
+
+_KERNELS = {  # design: (forward kernel, backward kernel)
+    "blocks": (_forward_kernel, _backward_kernel),
+    "registers": (_forward_kernel_registers, _backward_kernel_registers),
+}
 
 
 def _kernel_operands(static: Static, A, B, C, D, delta_bias):
@@ -339,10 +522,10 @@ def _forward(static: Static, save_chunk_states: bool, u, delta, z, A, B, C, D, d
         out_shape.append(jax.ShapeDtypeStruct((static.batch, static.state, static.channels), F32))
     outputs = list(
         pl.pallas_call(
-            functools.partial(_forward_kernel, static, save_chunk_states),
+            functools.partial(_KERNELS[static.design][0], static, save_chunk_states),
             grid=_grid(static),
             out_shape=out_shape,
-            compiler_params=_compiler_params(),
+            compiler_params=_compiler_params(static),
             interpret=static.interpret,
             name="selective_scan_forward",
         )(*inputs)
@@ -377,10 +560,10 @@ def _backward(static: Static, residuals, gy, g_last_state):
     )
     grads = list(
         pl.pallas_call(
-            functools.partial(_backward_kernel, static, has_g_last),
+            functools.partial(_KERNELS[static.design][1], static, has_g_last),
             grid=_grid(static),
             out_shape=out_shape,
-            compiler_params=_compiler_params(),
+            compiler_params=_compiler_params(static),
             interpret=static.interpret,
             name="selective_scan_backward",
         )(*inputs)
