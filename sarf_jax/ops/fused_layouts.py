@@ -36,7 +36,7 @@ def fused_scan(owner: str, u, A, delta, B, C, delta_bias, D, interpret, **layout
     cannot run: a state it cannot take, or inputs sharded across a mesh (the unfused path then runs
     the kernel per shard)."""
     options = (("delta_softplus", True), ("return_last_state", False))
-    options += (("interpret", scan_pallas.interpret_default(interpret)),)
+    options += (("interpret", scan_pallas.interpret_default(interpret)), ("design", scan_pallas_gpu.DESIGN))
     if scan_pallas_gpu.static_for(u, B, A, None, **dict(options), **layout) is None:
         scan_pallas.warn_once(
             f"{owner}: the fused GPU kernel cannot take state size {A.shape[1]} (a power of two is needed); "

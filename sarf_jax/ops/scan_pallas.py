@@ -54,6 +54,8 @@ def run(kernel: str, u, delta, A, B, C, D, z, delta_bias, *, delta_softplus: boo
         ("return_last_state", bool(return_last_state)),
         ("interpret", interpret_default(interpret)),
     )
+    if kernel == "pallas_gpu":  # read now, so that it keys the jitted region's cache
+        options += (("design", scan_pallas_gpu.DESIGN),)
     specs = _shard_specs(u, B)
     local_u, local_B = (u, B) if specs is _UNSHARDED else _local_shapes(u, B, specs[0])
     if KERNELS[kernel].static_for(local_u, local_B, A, z, **dict(options)) is None:

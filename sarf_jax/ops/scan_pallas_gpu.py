@@ -54,7 +54,9 @@ Two designs of the same kernels (`DESIGN`, recorded in Static):
                every sum over the state is a chain of register adds; B and C are read as scalars
                (one broadcast load per state); the loads of step t + PREFETCH are issued before
                step t's math (carried through the loop), so their latency overlaps PREFETCH steps
-               of work; decays are exp2(delta * A log2 e) with A log2 e computed once. Checked
+               of work; decays are exp2(delta * A log2 e) with A log2 e computed once. A forward
+               pass without a backward pass (inference) at a batch too small to fill the GPU runs
+               length-parallel in two passes over sequence segments (`segments_for`). Checked
                in interpret mode and by the Triton lowering (tests/ops/test_scan_pallas_gpu_designs.py);
                not yet timed: no GPU was available since it was written.
 `benchmarks/gpu_session.sh` times both (`scan_roofline.py --gpu-designs`); the one that measures
@@ -62,8 +64,7 @@ faster should become the only one.
 
 Not done, and why: dB and dC stay per-channel-tile fp32 partials summed by XLA rather than atomic
 adds: atomic float adds make the gradients' rounding depend on thread timing, so two identical
-runs could differ, and the partials keep the kernel deterministic; a length-parallel two-pass form (chunk end states, a combine, a
-rescan) for batches too small to fill the GPU waits for a measurement of the single-pass designs.
+runs could differ, and the partials keep the kernel deterministic.
 
 Constraints (else the dispatcher falls back to `chunked`): state a power of two.
 """
@@ -89,6 +90,8 @@ DESIGNS = ("blocks", "registers")  # see the module docstring
 DESIGN = "blocks"  # the design static_for picks
 PREFETCH = 2  # "registers": steps whose loads are in flight ahead of the step being computed
 LOG2_E = math.log2(math.e)
+PROGRAMS_TO_FILL = 264  # "registers": programs that fill the GPU (2 per SM of an H100 / H200)
+MIN_SEGMENT = 16  # "registers": shortest segment of the two-pass forward, in steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +112,7 @@ class Static:
     grid: tuple[int, int] | None = None  # (height, width) of a cross-scan, see the module docstring
     orders: tuple | None = None  # (groups, length) rows of u and y of an ordered scan, see the module docstring
     design: str = "blocks"  # "blocks" or "registers", see the module docstring
+    segments: int = 1  # "registers": sequence segments of the two-pass forward, see `segments_for`
 
     @property
     def ordered(self):
@@ -126,9 +130,32 @@ class Static:
     def num_chunks(self):
         return -(-self.length // self.chunk)
 
+    @property
+    def segment_length(self):
+        return -(-self.length // self.segments)
+
 
 def _is_power_of_two(n):
     return n >= 1 and n & (n - 1) == 0
+
+
+def segments_for(batch: int, groups: int, tiles_per_group: int, length: int) -> int:
+    """Sequence segments for the "registers" design's forward pass without a backward pass.
+
+    One program per (batch row, channel tile) scans the whole sequence, which leaves most of a
+    GPU idle at small batches (Vim-S at batch 2: 24 programs for 132 SMs). Cut into segments,
+    the scan runs in two passes of segment-long loops: each segment's end state from h = 0 and
+    the sum of its steps, a short sequential combine outside (the state entering segment s is
+    exp(A * steps of s - 1) * the state entering s - 1 + the end state of s - 1), then each
+    segment again from its true start state, writing y. Twice the work on
+    segments x as many programs, so only until the programs would fill the GPU, and segments of
+    at least MIN_SEGMENT steps.
+    """
+    programs = batch * groups * tiles_per_group
+    if programs >= PROGRAMS_TO_FILL or length < 2 * MIN_SEGMENT:
+        return 1
+    wanted = min(-(-PROGRAMS_TO_FILL // programs), length // MIN_SEGMENT)
+    return -(-length // -(-length // wanted))  # as many as segments of that length need
 
 
 def channel_tile_for(per_group: int) -> int:
@@ -136,14 +163,20 @@ def channel_tile_for(per_group: int) -> int:
     return min(CHANNEL_TILE, per_group & -per_group)
 
 
-def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret, grid=None, orders=None) -> Static | None:
+def static_for(
+    u, B, A, z, *, delta_softplus, return_last_state, interpret, grid=None, orders=None, design=None
+) -> Static | None:
     """The kernels' static configuration for these arguments, or None if they cannot take them.
 
     With `grid` (height, width), u is the (batch, height * width, d_inner) grid shared by the four
     directions, B is (batch, height * width, 4, state) and A (4 * d_inner, state). With `orders`
     ((groups, length) ints), u is (batch, length, d_inner) shared by the groups of B (batch, length,
-    groups, state), C is (batch, length, 1, state) and A is (groups * d_inner, state).
+    groups, state), C is (batch, length, 1, state) and A is (groups * d_inner, state). `design`:
+    one of DESIGNS, or None for DESIGN.
     """
+    design = DESIGN if design is None else design
+    if design not in DESIGNS:
+        raise ValueError(f"scan_pallas_gpu: design must be one of {DESIGNS}, got {design!r}")
     batch, length, channels = u.shape
     state = A.shape[1]
     groups = B.shape[2] if B.ndim == 4 else 1
@@ -158,13 +191,15 @@ def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret, grid
         orders = tuple(tuple(int(i) for i in row) for row in orders)
         if grid is not None or channels != groups * u.shape[2] or z is not None or len(orders) != groups:
             raise ValueError(f"scan_pallas_gpu: an ordered scan shares u and takes no z, got u {u.shape}, B {B.shape}")
+    channel_tile = channel_tile_for(channels // groups)
+    tiles_per_group = channels // groups // channel_tile
     return Static(
         batch,
         length,
         channels,
         state,
         groups,
-        channel_tile_for(channels // groups),
+        channel_tile,
         CHUNK,
         bool(delta_softplus),
         z is not None,
@@ -172,7 +207,8 @@ def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret, grid
         interpret,
         None if grid is None else (int(grid[0]), int(grid[1])),
         orders,
-        DESIGN,
+        design,
+        segments_for(batch, groups, tiles_per_group, length) if design == "registers" else 1,
     )
 
 
@@ -183,8 +219,11 @@ def static_for(u, B, A, z, *, delta_softplus, return_last_state, interpret, grid
 class _Program:
     """This program's coordinates and per-channel parameters."""
 
-    def __init__(self, static: Static, A_ref, D_ref, bias_ref):
+    def __init__(self, static: Static, A_ref, D_ref, bias_ref, segmented=False):
         self.batch, self.group, tile = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+        self.segment = 0
+        if segmented:  # the last grid axis runs over (segment, channel tile)
+            tile, self.segment = lax.rem(tile, static.tiles_per_group), lax.div(tile, static.tiles_per_group)
         first = self.group * static.per_group + tile * static.channel_tile
         self.channels = pl.ds(pl.multiple_of(first, static.channel_tile), static.channel_tile)
         # u's channels: the groups of a cross-scan or an ordered scan share one u of per_group channels
@@ -360,47 +399,68 @@ def _sum(values):
     return functools.reduce(operator.add, values)
 
 
-def _forward_kernel_registers(static: Static, save_chunk_states: bool, *refs):
+def _forward_kernel_registers(static: Static, save_chunk_states: bool, *refs, role="whole"):
+    """role "whole": one pass over the sequence. The segmented form (see `segments_for`) runs two:
+    "ends" scans each segment from h = 0 and writes its end state and the sum of its steps (no y);
+    "outputs" scans each segment again from its true start state (combined outside) and writes y."""
     refs = list(refs)
     take = lambda present=True: refs.pop(0) if present else None
     u_ref, delta_ref, z_ref = take(), take(), take(static.has_z)
     B_ref, C_ref, A_ref, D_ref, bias_ref = (take() for _ in range(5))
     orders_ref = take(static.ordered)
-    y_ref = take()
+    start_ref = take(role == "outputs")
+    ends_ref, sums_ref = take(role == "ends"), take(role == "ends")
+    y_ref = take(role != "ends")
     chunk_states_ref = take(save_chunk_states)
-    last_state_ref = take(static.return_last_state)
-    p = _Program(static, A_ref, D_ref, bias_ref)
+    last_state_ref = take(role == "whole" and static.return_last_state)
+    p = _Program(static, A_ref, D_ref, bias_ref, segmented=role != "whole")
     A2 = _log2_rates(static, p, A_ref)
     last = static.length - 1
+    states = range(static.state)
+    if role == "whole":
+        first, end = 0, static.length
+    else:
+        first = p.segment * static.segment_length
+        end = jnp.minimum(first + static.segment_length, static.length)
 
     def fetch(t):  # past the end: a real row, never used
         rows = _rows(static, p.group, jnp.minimum(t, last), orders_ref)
         return rows, _load_registers_step(static, p, rows, u_ref, delta_ref, z_ref, B_ref, C_ref)
 
     def scan_step(t, carry):
-        h, queue = carry
+        h, queue, step_sum = carry
         (rows, (u, step_in, B, C, z)), queue = queue[0], queue[1:] + (fetch(t + PREFETCH),)
         if save_chunk_states:
 
             @pl.when(lax.rem(t, static.chunk) == 0)
             def _():
-                for n in range(static.state):
+                for n in states:
                     chunk_states_ref[p.batch, lax.div(t, static.chunk), n, p.channels] = h[n]
 
         step = jax.nn.softplus(step_in) if static.delta_softplus else step_in
         drive = step * u
-        h = tuple(jnp.exp2(step * A2[n]) * h[n] + drive * B[n] for n in range(static.state))
-        y = _sum([h[n] * C[n] for n in range(static.state)]) + p.D * u
+        h = tuple(jnp.exp2(step * A2[n]) * h[n] + drive * B[n] for n in states)
+        if role == "ends":
+            return h, queue, step_sum + step
+        y = _sum([h[n] * C[n] for n in states]) + p.D * u
         if static.has_z:
             y = y * jax.nn.silu(z)
         y_ref[p.batch, rows[0], p.channels] = y.astype(y_ref.dtype)
-        return h, queue
+        return h, queue, step_sum
 
-    h = tuple(jnp.zeros((static.channel_tile,), F32) for _ in range(static.state))
-    queue = tuple(fetch(t) for t in range(PREFETCH))
-    h, _ = lax.fori_loop(0, static.length, scan_step, (h, queue))
-    if static.return_last_state:
-        for n in range(static.state):
+    zeros = jnp.zeros((static.channel_tile,), F32)
+    if role == "outputs":
+        h = tuple(start_ref[p.batch, p.segment, n, p.channels] for n in states)
+    else:
+        h = (zeros,) * static.state
+    queue = tuple(fetch(first + k) for k in range(PREFETCH))
+    h, _, step_sum = lax.fori_loop(first, end, scan_step, (h, queue, zeros))
+    if role == "ends":
+        for n in states:
+            ends_ref[p.batch, p.segment, n, p.channels] = h[n]
+        sums_ref[p.batch, p.segment, p.channels] = step_sum
+    if last_state_ref is not None:
+        for n in states:
             last_state_ref[p.batch, n, p.channels] = h[n]
 
 
@@ -514,6 +574,8 @@ def _forward(static: Static, save_chunk_states: bool, u, delta, z, A, B, C, D, d
     """(y, chunk start states (batch, chunks, state, channels) or None, last state or None)."""
     inputs = [u, delta] + ([z] if static.has_z else []) + list(_kernel_operands(static, A, B, C, D, delta_bias))
     inputs += _orders(static)
+    if static.segments > 1 and not save_chunk_states:
+        return _forward_segmented(static, inputs, A, u.dtype)
     sequence = (static.batch, static.length, static.channels)  # y of a cross-scan or ordered scan: per group
     out_shape = [jax.ShapeDtypeStruct(sequence, u.dtype)]
     if save_chunk_states:
@@ -534,6 +596,31 @@ def _forward(static: Static, save_chunk_states: bool, u, delta, z, A, B, C, D, d
     chunk_states = outputs.pop(0) if save_chunk_states else None
     last_state = jnp.swapaxes(outputs.pop(0), 1, 2) if static.return_last_state else None
     return y, chunk_states, last_state
+
+
+def _forward_segmented(static: Static, inputs, A, dtype):
+    """The two-pass forward of `segments_for`: (y, None, last state or None)."""
+    segments, sequence = static.segments, (static.batch, static.length, static.channels)
+    call = lambda role, out_shape: pl.pallas_call(
+        functools.partial(_forward_kernel_registers, static, False, role=role),
+        grid=(static.batch, static.groups, static.tiles_per_group * segments),
+        out_shape=out_shape,
+        compiler_params=_compiler_params(static),
+        interpret=static.interpret,
+        name=f"selective_scan_forward_{role}",
+    )
+    states = jax.ShapeDtypeStruct((static.batch, segments, static.state, static.channels), F32)
+    ends, sums = call("ends", [states, jax.ShapeDtypeStruct((static.batch, segments, static.channels), F32)])(*inputs)
+    decays = jnp.exp(jnp.swapaxes(A.astype(F32), 0, 1) * sums[:, :, None, :])  # each segment's exp(A sum of steps)
+
+    def combine(h, segment):
+        decay, end = segment
+        return decay * h + end, h
+
+    zeros = jnp.zeros((static.batch, static.state, static.channels), F32)
+    last_state, starts = lax.scan(combine, zeros, (jnp.swapaxes(decays, 0, 1), jnp.swapaxes(ends, 0, 1)))
+    (y,) = call("outputs", [jax.ShapeDtypeStruct(sequence, dtype)])(*inputs, jnp.swapaxes(starts, 0, 1))
+    return y, None, jnp.swapaxes(last_state, 1, 2) if static.return_last_state else None
 
 
 def _backward(static: Static, residuals, gy, g_last_state):
