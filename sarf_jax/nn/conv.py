@@ -1,14 +1,21 @@
-"""Causal depthwise 1-D convolution, written as a sum of shifted products.
+"""The backbones' convolutions, in the forms XLA's CPU backend runs fastest.
 
-XLA's grouped convolution on CPU took ~40x longer than this form for Mamba's shapes (K = 4
-taps, hundreds of channels; measured 7.8 ms vs 0.18 ms at batch 4, length 197, 384 channels),
-and the arithmetic is identical: y_t = bias + sum_k w_k * x_{t - (K-1) + k}, with zeros before t=0
-(PyTorch's Conv1d with padding K-1 and the first L outputs kept).
+Causal depthwise 1-D (Mamba) and 'same' depthwise 2-D (SS2D, PlainMamba): sums of shifted
+products. XLA's grouped convolution on CPU took ~40x longer than this form for Mamba's shapes
+(K = 4 taps, hundreds of channels; measured 7.8 ms vs 0.18 ms at batch 4, length 197, 384
+channels), and the arithmetic is identical: y_t = bias + sum_k w_k * x_{t - (K-1) + k}, with
+zeros before t=0 (PyTorch's Conv1d with padding K-1 and the first L outputs kept).
+
+PyTorch-style dense 2-D convolutions (`torch_conv2d`): `nnx.Conv`, whose strided forward passes
+run as a matmul over patches (`patches_conv`).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from sarf_jax.nn.initializers import torch_default
 
@@ -83,7 +90,8 @@ def depthwise_conv2d(x, kernel, bias):
 
 def torch_conv2d(in_features, out_features, kernel, *, stride=1, padding=0, bias=True, dtype=None, rngs):
     """PyTorch's Conv2d: its default init, explicit symmetric zero padding (Flax's 'SAME' pads
-    stride-2 convolutions asymmetrically), float32 parameters."""
+    stride-2 convolutions asymmetrically), float32 parameters; strided ones as a matmul over
+    patches (`patches_conv`)."""
     fan_in = in_features * kernel * kernel
     return nnx.Conv(
         in_features,
@@ -96,5 +104,70 @@ def torch_conv2d(in_features, out_features, kernel, *, stride=1, padding=0, bias
         param_dtype=jnp.float32,
         kernel_init=torch_default(fan_in),
         bias_init=torch_default(fan_in),
+        conv_general_dilated=patches_conv,
         rngs=rngs,
     )
+
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _is_nhwc(lhs, rhs, dimension_numbers) -> bool:
+    if dimension_numbers is None:
+        return False  # lax's default is NCHW
+    as_numbers = lambda spec: lax.conv_dimension_numbers(lhs.shape, rhs.shape, spec)
+    if not isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        dimension_numbers = as_numbers(dimension_numbers)
+    return dimension_numbers == as_numbers(NHWC)
+
+
+def patches_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, **kwargs):
+    """`lax.conv_general_dilated`, with the forward pass of a strided NHWC convolution computed as
+    one matmul of its input patches (kh * kw shifted strided slices side by side) with the kernel.
+
+    XLA's CPU convolution ran VMamba-T's 3x3 stride-2 downsamplings at 49-84 GMAC/s (batch 8,
+    stages 1 and 2) where the patches' matmul, same MACs, ran at 104-120 (benchmarks/RESULTS.md).
+    The backward pass is lax's (the patches' transpose, a scatter of slices, was slower).
+    Everything else (stride 1, groups, dilation, other layouts, a requested output sharding)
+    goes to lax unchanged.
+    """
+    plain = (
+        kwargs.get("feature_group_count", 1) == 1
+        and kwargs.get("out_sharding") is None
+        and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+        and _is_nhwc(lhs, rhs, kwargs.get("dimension_numbers"))
+        and not isinstance(padding, str)
+    )
+    if tuple(window_strides) == (1, 1) or not plain:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs)
+    options = (tuple(window_strides), tuple(map(tuple, padding)), kwargs.get("precision"))
+    return _strided_conv(options, lhs, rhs.astype(lhs.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _strided_conv(options, lhs, rhs):
+    (sh, sw), padding, precision = options
+    kh, kw, channels, out = rhs.shape
+    x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+    rows, cols = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    taps = [
+        x[:, i : i + sh * (rows - 1) + 1 : sh, j : j + sw * (cols - 1) + 1 : sw] for i in range(kh) for j in range(kw)
+    ]
+    patches = jnp.concatenate(taps, axis=-1) if len(taps) > 1 else taps[0]  # (i, j, channel): HWIO's order
+    return jnp.dot(patches, rhs.reshape(kh * kw * channels, out), precision=precision)
+
+
+def _lax_conv(options, lhs, rhs):
+    strides, padding, precision = options
+    return lax.conv_general_dilated(lhs, rhs, strides, padding, dimension_numbers=NHWC, precision=precision)
+
+
+def _strided_conv_forward(options, lhs, rhs):
+    return _strided_conv(options, lhs, rhs), (lhs, rhs)
+
+
+def _strided_conv_backward(options, residuals, cotangent):
+    return jax.vjp(functools.partial(_lax_conv, options), *residuals)[1](cotangent)
+
+
+_strided_conv.defvjp(_strided_conv_forward, _strided_conv_backward)
