@@ -54,7 +54,8 @@ Two designs of the same kernels (`DESIGN`, recorded in Static):
                every sum over the state is a chain of register adds; B and C are read as scalars
                (one broadcast load per state); the loads of step t + PREFETCH are issued before
                step t's math (carried through the loop), so their latency overlaps PREFETCH steps
-               of work; decays are exp2(delta * A log2 e) with A log2 e computed once. A forward
+               of work; decays are exp2(delta * A log2 e) with A log2 e computed once. At least
+               one warp per program, so tiles under 32 channels leave threads idle. A forward
                pass without a backward pass (inference) at a batch too small to fill the GPU runs
                length-parallel in two passes over sequence segments (`segments_for`). Checked
                in interpret mode and by the Triton lowering (tests/ops/test_scan_pallas_gpu_designs.py);
@@ -147,9 +148,9 @@ def segments_for(batch: int, groups: int, tiles_per_group: int, length: int) -> 
     the scan runs in two passes of segment-long loops: each segment's end state from h = 0 and
     the sum of its steps, a short sequential combine outside (the state entering segment s is
     exp(A * steps of s - 1) * the state entering s - 1 + the end state of s - 1), then each
-    segment again from its true start state, writing y. Twice the work on
-    segments x as many programs, so only until the programs would fill the GPU, and segments of
-    at least MIN_SEGMENT steps.
+    segment again from its true start state, writing y. That is twice the steps, spread over
+    `segments` times as many programs, so it is used only until the programs would fill the GPU,
+    with segments of at least MIN_SEGMENT steps.
     """
     programs = batch * groups * tiles_per_group
     if programs >= PROGRAMS_TO_FILL or length < 2 * MIN_SEGMENT:
@@ -384,14 +385,15 @@ def _log2_rates(static: Static, p: _Program, A_ref):
     return [A_ref[n, p.channels] * LOG2_E for n in range(static.state)]
 
 
-def _load_registers_step(static: Static, p: _Program, rows, u_ref, delta_ref, z_ref, B_ref, C_ref):
-    """fp32 (u, raw delta + bias, B scalars, C scalars, z or None) at `rows` for this program."""
+def _load_registers_step(static: Static, p: _Program, rows, u_ref, delta_ref, z_ref, B_ref, C_ref, readout=True):
+    """fp32 (u, raw delta + bias, B scalars, C scalars, z or None) at `rows` for this program;
+    without `readout`, no C (an empty tuple) and no z."""
     u_row, row = rows
     u = u_ref[p.batch, u_row, p.u_channels].astype(F32)
     step_in = delta_ref[p.batch, row, p.delta_channels].astype(F32) + p.bias
     B = tuple(B_ref[p.batch, row, p.group, n].astype(F32) for n in range(static.state))
-    C = tuple(C_ref[p.batch, row, p.C_group, n].astype(F32) for n in range(static.state))
-    z = z_ref[p.batch, row, p.channels].astype(F32) if static.has_z else None
+    C = tuple(C_ref[p.batch, row, p.C_group, n].astype(F32) for n in range(static.state) if readout)
+    z = z_ref[p.batch, row, p.channels].astype(F32) if static.has_z and readout else None
     return u, step_in, B, C, z
 
 
@@ -425,7 +427,8 @@ def _forward_kernel_registers(static: Static, save_chunk_states: bool, *refs, ro
 
     def fetch(t):  # past the end: a real row, never used
         rows = _rows(static, p.group, jnp.minimum(t, last), orders_ref)
-        return rows, _load_registers_step(static, p, rows, u_ref, delta_ref, z_ref, B_ref, C_ref)
+        inputs = _load_registers_step(static, p, rows, u_ref, delta_ref, z_ref, B_ref, C_ref, role != "ends")
+        return rows, inputs
 
     def scan_step(t, carry):
         h, queue, step_sum = carry
