@@ -6,11 +6,12 @@ products. XLA's grouped convolution on CPU took ~40x longer than this form for M
 channels), and the arithmetic is identical: y_t = bias + sum_k w_k * x_{t - (K-1) + k}, with
 zeros before t=0 (PyTorch's Conv1d with padding K-1 and the first L outputs kept).
 
-PyTorch-style dense 2-D convolutions (`torch_conv2d`): `nnx.Conv`, whose strided forward passes
-run as a matmul over patches (`patches_conv`).
+PyTorch-style dense 2-D convolutions (`torch_conv2d`): `nnx.Conv`, whose deep strided forward
+passes run as a matmul over patches (`patches_conv`).
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +91,7 @@ def depthwise_conv2d(x, kernel, bias):
 
 def torch_conv2d(in_features, out_features, kernel, *, stride=1, padding=0, bias=True, dtype=None, rngs):
     """PyTorch's Conv2d: its default init, explicit symmetric zero padding (Flax's 'SAME' pads
-    stride-2 convolutions asymmetrically), float32 parameters; strided ones as a matmul over
+    stride-2 convolutions asymmetrically), float32 parameters; deep strided ones as a matmul over
     patches (`patches_conv`)."""
     fan_in = in_features * kernel * kernel
     return nnx.Conv(
@@ -110,6 +111,7 @@ def torch_conv2d(in_features, out_features, kernel, *, stride=1, padding=0, bias
 
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+MIN_PATCH_INPUTS = 1024  # kh * kw * in_channels from which patches_conv's matmul form pays (CPU)
 
 
 def _is_nhwc(lhs, rhs, dimension_numbers) -> bool:
@@ -126,10 +128,12 @@ def patches_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilat
     one matmul of its input patches (kh * kw shifted strided slices side by side) with the kernel.
 
     XLA's CPU convolution ran VMamba-T's 3x3 stride-2 downsamplings at 49-84 GMAC/s (batch 8,
-    stages 1 and 2) where the patches' matmul, same MACs, ran at 104-120 (benchmarks/RESULTS.md).
-    The backward pass is lax's (the patches' transpose, a scatter of slices, was slower).
-    Everything else (stride 1, groups, dilation, other layouts, a requested output sharding)
-    goes to lax unchanged.
+    stages 1 and 2: 1,728 and 3,456 inputs per output) where the patches' matmul, same MACs, ran
+    at 104-120; at stage 0 (864 inputs per output) lax was the faster, 113 against 86
+    (benchmarks/RESULTS.md). So only convolutions with at least MIN_PATCH_INPUTS inputs per output
+    take this form. The backward pass is lax's (the patches' transpose, a scatter of slices, was
+    slower). Everything else (stride 1, groups, dilation, other layouts, a requested output
+    sharding) goes to lax unchanged.
     """
     plain = (
         kwargs.get("feature_group_count", 1) == 1
@@ -138,7 +142,7 @@ def patches_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilat
         and _is_nhwc(lhs, rhs, kwargs.get("dimension_numbers"))
         and not isinstance(padding, str)
     )
-    if tuple(window_strides) == (1, 1) or not plain:
+    if tuple(window_strides) == (1, 1) or not plain or math.prod(rhs.shape[:3]) < MIN_PATCH_INPUTS:
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, **kwargs)
     options = (tuple(window_strides), tuple(map(tuple, padding)), kwargs.get("precision"))
     return _strided_conv(options, lhs, rhs.astype(lhs.dtype))

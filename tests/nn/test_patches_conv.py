@@ -1,4 +1,4 @@
-"""`patches_conv`: a strided NHWC convolution as a matmul of its input patches in the forward
+"""`patches_conv`: a deep strided NHWC convolution as a matmul of its input patches in the forward
 pass, lax's convolution in the backward pass; every other convolution is lax's unchanged."""
 
 import jax
@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
+from sarf_jax.nn import conv as conv_module
 from sarf_jax.nn.conv import NHWC, patches_conv, torch_conv2d
 
 
@@ -35,7 +36,10 @@ def conv_with(fn, stride, padding, **kwargs):
         (15, 3, 6, 7, 2, 3),  # PlainMamba's stem
     ],
 )
-def test_strided_convolutions_match_lax_forward_and_have_lax_s_gradients(height, channels, out, kernel, stride, pad):
+def test_strided_convolutions_match_lax_forward_and_have_lax_s_gradients(
+    height, channels, out, kernel, stride, pad, monkeypatch
+):
+    monkeypatch.setattr(conv_module, "MIN_PATCH_INPUTS", 1)  # small shapes take the patches form too
     x, w = arrays(height, channels, out, kernel)
     padding = ((pad, pad), (pad, pad))
     ours, theirs = conv_with(patches_conv, stride, padding), conv_with(lax.conv_general_dilated, stride, padding)
@@ -58,7 +62,8 @@ def test_strided_convolutions_match_lax_forward_and_have_lax_s_gradients(height,
         (2, dict(rhs_dilation=(2, 2))),  # dilated
     ],
 )
-def test_other_convolutions_stay_lax_convolutions(stride, kwargs):
+def test_other_convolutions_stay_lax_convolutions(stride, kwargs, monkeypatch):
+    monkeypatch.setattr(conv_module, "MIN_PATCH_INPUTS", 1)
     x, w = arrays(9, 4, 4, 3)
     if "feature_group_count" in kwargs:
         w = w[:, :, :2]
@@ -68,7 +73,8 @@ def test_other_convolutions_stay_lax_convolutions(stride, kwargs):
     np.testing.assert_array_equal(jax.jit(conv)(x, w), jax.jit(expected)(x, w))
 
 
-def test_nchw_and_string_padding_stay_lax_convolutions():
+def test_nchw_and_string_padding_stay_lax_convolutions(monkeypatch):
+    monkeypatch.setattr(conv_module, "MIN_PATCH_INPUTS", 1)
     x, w = arrays(9, 4, 4, 3)
     nchw = jnp.moveaxis(x, -1, 1)
     oihw = jnp.transpose(w, (3, 2, 0, 1))
@@ -79,10 +85,14 @@ def test_nchw_and_string_padding_stay_lax_convolutions():
     assert "conv_general_dilated" in str(jaxpr)
 
 
-def test_torch_conv2d_uses_it_for_its_strided_convolutions():
-    x = jnp.ones((1, 8, 8, 3))
-    strided = torch_conv2d(3, 4, 3, stride=2, padding=1, rngs=nnx.Rngs(0))
-    plain = torch_conv2d(3, 4, 3, stride=1, padding=1, rngs=nnx.Rngs(0))
-    assert "conv_general_dilated" not in str(jax.make_jaxpr(strided)(x))
+def test_torch_conv2d_takes_the_patches_form_from_min_patch_inputs_per_output():
+    """3x3 over 128 channels (1,152 inputs per output) is deep enough, over 96 (864, VMamba-T's
+    first downsampling) is not; nor is any stride-1 convolution."""
+    x = jnp.ones((1, 8, 8, 128))
+    deep = torch_conv2d(128, 4, 3, stride=2, padding=1, rngs=nnx.Rngs(0))
+    shallow = torch_conv2d(96, 4, 3, stride=2, padding=1, rngs=nnx.Rngs(0))
+    plain = torch_conv2d(128, 4, 3, stride=1, padding=1, rngs=nnx.Rngs(0))
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(deep)(x))
+    assert "conv_general_dilated" in str(jax.make_jaxpr(shallow)(x[..., :96]))
     assert "conv_general_dilated" in str(jax.make_jaxpr(plain)(x))
-    assert strided(x).shape == (1, 4, 4, 4)
+    assert deep(x).shape == (1, 4, 4, 4)
