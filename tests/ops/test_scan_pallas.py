@@ -164,9 +164,8 @@ def test_bfloat16_inputs_match_reference_within_one_bfloat16_step(kernel, case, 
     the last state and the fp32 parameter gradients (A, D, delta_bias) to fp32 accuracy."""
     shape, tpu_constants, _, expected_tiling = CASES[case]
     small_tiles(tpu_constants)
-    assert scan_pallas_tpu.plan_tiling(
-        shape["length"], shape["channels"], shape["state"], shape.get("groups") or 1
-    ) == (expected_tiling)
+    tiling = scan_pallas_tpu.plan_tiling(shape["length"], shape["channels"], shape["state"], shape.get("groups") or 1)
+    assert tiling == expected_tiling
     args = random_args(**shape, seed=2)
     y, last_state, grads = scan_and_grads(args, "all", kernel, jnp.bfloat16)
     expected_y, expected_state, expected_grads = scan_and_grads(args, "all", "reference", jnp.bfloat16)
