@@ -269,6 +269,33 @@ def _load_step(static: Static, p: _Program, rows, u_ref, delta_ref, B_ref, C_ref
     return u, step_in, step, B, C
 
 
+def _gate_gradients(static: Static, g_y, y_before_gate, z, valid):
+    """(d loss / d readout, zero past the end; d loss / d z or None) through
+    y = y_before_gate * silu(z); `y_before_gate` is a function, called only with a gate."""
+    g_y, gz = g_y.astype(F32), None
+    if static.has_z:
+        sigmoid_z = jax.nn.sigmoid(z)
+        gz = g_y * y_before_gate() * sigmoid_z * (1.0 + z * (1.0 - sigmoid_z))
+        g_y = g_y * (z * sigmoid_z)
+    return jnp.where(valid, g_y, 0.0), gz
+
+
+def _delta_gradient(static: Static, g_step, step_in, valid):
+    """d loss / d(raw delta) from d loss / d(step): through the softplus, zero past the end."""
+    if static.delta_softplus:
+        g_step = g_step * jax.nn.sigmoid(step_in)
+    return jnp.where(valid, g_step, 0.0)
+
+
+def _store_step_gradients(static: Static, p, rows, gu, gdelta, gz, gu_ref, gdelta_ref, gz_ref):
+    """One real step's du, d(delta) and dz, at the rows it read (see `_rows`)."""
+    u_row, row = rows
+    gu_ref[p.batch, u_row, p.channels] = gu.astype(gu_ref.dtype)
+    gdelta_ref[p.batch, row, p.channels] = gdelta.astype(gdelta_ref.dtype)
+    if static.has_z:
+        gz_ref[p.batch, row, p.channels] = gz.astype(gz_ref.dtype)
+
+
 def _forward_kernel(static: Static, save_chunk_states: bool, *refs):
     refs = list(refs)
     take = lambda present=True: refs.pop(0) if present else None
@@ -335,31 +362,21 @@ def _backward_kernel(static: Static, has_last_state_cotangent: bool, *refs):
         # Reverse recurrence over the chunk.
         for j in reversed(range(static.chunk)):
             (u_row, row), valid, u, step_in, step, B, C, decay = steps[j]
-            g_readout = gy_ref[p.batch, u_row, p.channels].astype(F32)
-            if static.has_z:
-                z = z_ref[p.batch, row, p.channels].astype(F32)
-                sigmoid_z = jax.nn.sigmoid(z)
-                y_before_gate = jnp.sum(states[j + 1] * C, axis=0) + p.D * u
-                gz = g_readout * y_before_gate * sigmoid_z * (1.0 + z * (1.0 - sigmoid_z))
-                g_readout = g_readout * (z * sigmoid_z)
-            g_readout = jnp.where(valid, g_readout, 0.0)
+            z = z_ref[p.batch, row, p.channels].astype(F32) if static.has_z else None
+            y_before_gate = lambda: jnp.sum(states[j + 1] * C, axis=0) + p.D * u
+            g_readout, gz = _gate_gradients(static, gy_ref[p.batch, u_row, p.channels], y_before_gate, z, valid)
             g_h = g_h + g_readout[None, :] * C
             g_decay = g_h * states[j] * decay
             gA = gA + g_decay * step[None, :]
             g_drive_B = jnp.sum(g_h * B, axis=0)
-            g_step = jnp.sum(g_decay * p.A, axis=0) + u * g_drive_B
-            if static.delta_softplus:
-                g_step = g_step * jax.nn.sigmoid(step_in)
-            g_step = jnp.where(valid, g_step, 0.0)
+            g_step = _delta_gradient(static, jnp.sum(g_decay * p.A, axis=0) + u * g_drive_B, step_in, valid)
             gD = gD + g_readout * u
             gbias = gbias + g_step
 
             @pl.when(valid)
             def _():
-                gu_ref[p.batch, u_row, p.channels] = (g_readout * p.D + step * g_drive_B).astype(gu_ref.dtype)
-                gdelta_ref[p.batch, row, p.channels] = g_step.astype(gdelta_ref.dtype)
-                if static.has_z:
-                    gz_ref[p.batch, row, p.channels] = gz.astype(gz_ref.dtype)
+                gu = g_readout * p.D + step * g_drive_B
+                _store_step_gradients(static, p, (u_row, row), gu, g_step, gz, gu_ref, gdelta_ref, gz_ref)
                 gB_ref[p.batch, p.group, p.tile, row, :] = jnp.sum(g_h * (step * u)[None, :], axis=1)
                 gC_ref[p.batch, p.group, p.tile, row, :] = jnp.sum(states[j + 1] * g_readout[None, :], axis=1)
 
@@ -500,30 +517,21 @@ def _backward_kernel_registers(static: Static, has_last_state_cotangent: bool, *
         # Reverse recurrence over the chunk.
         for j in reversed(range(static.chunk)):
             (u_row, row), valid, u, step_in, step, drive, B, C, z, decay = steps[j]
-            g_readout = gy_ref[p.batch, u_row, p.channels].astype(F32)
-            if static.has_z:
-                sigmoid_z = jax.nn.sigmoid(z)
-                y_before_gate = _sum([states[j + 1][n] * C[n] for n in states_range]) + p.D * u
-                gz = g_readout * y_before_gate * sigmoid_z * (1.0 + z * (1.0 - sigmoid_z))
-                g_readout = g_readout * (z * sigmoid_z)
-            g_readout = jnp.where(valid, g_readout, 0.0)
+            y_before_gate = lambda: _sum([states[j + 1][n] * C[n] for n in states_range]) + p.D * u
+            g_readout, gz = _gate_gradients(static, gy_ref[p.batch, u_row, p.channels], y_before_gate, z, valid)
             g_h = tuple(g_h[n] + g_readout * C[n] for n in states_range)
             g_decay = tuple(g_h[n] * states[j][n] * decay[n] for n in states_range)
             gA = tuple(gA[n] + g_decay[n] * step for n in states_range)
             g_drive_B = _sum([g_h[n] * B[n] for n in states_range])
             g_step = _sum([g_decay[n] * A[n] for n in states_range]) + u * g_drive_B
-            if static.delta_softplus:
-                g_step = g_step * jax.nn.sigmoid(step_in)
-            g_step = jnp.where(valid, g_step, 0.0)
+            g_step = _delta_gradient(static, g_step, step_in, valid)
             gD = gD + g_readout * u
             gbias = gbias + g_step
 
             @pl.when(valid)
             def _():
-                gu_ref[p.batch, u_row, p.channels] = (g_readout * p.D + step * g_drive_B).astype(gu_ref.dtype)
-                gdelta_ref[p.batch, row, p.channels] = g_step.astype(gdelta_ref.dtype)
-                if static.has_z:
-                    gz_ref[p.batch, row, p.channels] = gz.astype(gz_ref.dtype)
+                gu = g_readout * p.D + step * g_drive_B
+                _store_step_gradients(static, p, (u_row, row), gu, g_step, gz, gu_ref, gdelta_ref, gz_ref)
                 for n in states_range:
                     gB_ref[p.batch, p.group, p.tile, row, n] = jnp.sum(g_h[n] * drive)
                     gC_ref[p.batch, p.group, p.tile, row, n] = jnp.sum(states[j + 1][n] * g_readout)
