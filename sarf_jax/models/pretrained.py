@@ -113,14 +113,15 @@ def _load(directory: pathlib.Path, info: dict, *, rngs, step, weights: str, img_
         )
     build = functools.partial(create, info["name"], num_classes=info["num_classes"], in_chans=info["in_chans"])
     img_size = info["img_size"] if img_size is None else img_size
-    model = build(img_size=img_size, rngs=rngs or nnx.Rngs(0), **{**info["overrides"], **overrides})
+    build_requested = functools.partial(build, img_size=img_size, **{**info["overrides"], **overrides})
+    model = nnx.eval_shape(lambda: build_requested(rngs=nnx.Rngs(0)))
     stored_model = (
         model
         if img_size == info["img_size"] and not overrides
         else nnx.eval_shape(lambda: build(img_size=info["img_size"], rngs=nnx.Rngs(0), **info["overrides"]))
     )
     if checkpoints.is_model_directory(directory):
-        kept = (nnx.Param, nnx.BatchStat)
+        kept = nnx.Any(nnx.Param, nnx.BatchStat)
         restored = checkpoints.restore_model_directory(directory, nnx.state(stored_model, kept))
     else:
         kept = nnx.Not(nnx.RngState)
@@ -129,10 +130,20 @@ def _load(directory: pathlib.Path, info: dict, *, rngs, step, weights: str, img_
     resize = getattr(model, "resize_pos_embed", None)
     if resize is not None:
         restored = resize(restored, stored_model.grid)
-    graphdef, expected, rest = nnx.split(model, kept, ...)
+    graphdef, expected = nnx.split(model, kept, ...)[:2]
+    rest = _initial_state(build_requested, rngs or nnx.Rngs(0), nnx.Not(kept))
     checkpoints.check_fits(
         restored,
         expected,
         f"the weights in {directory} do not fit the requested model (img_size {img_size}, overrides {overrides})",
     )
     return nnx.merge(graphdef, restored, rest)
+
+
+def _initial_state(build, rngs: nnx.Rngs, which) -> nnx.State:
+    """The state `which` (RNG streams, ...) of `build(rngs=rngs)`, as building it would leave it
+    (rngs advances alike), computed without initialising the weights that the checkpoint replaces.
+
+    Built eagerly, each weight's initialiser compiles once per shape: seconds for a small model. Under
+    jit the unused initialisers are dead code, so only the RNG splits are computed."""
+    return nnx.jit(lambda rngs: nnx.state(build(rngs=rngs), which))(rngs)

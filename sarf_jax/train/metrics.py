@@ -20,8 +20,7 @@ class MetricWriter:
         self.enabled = enabled
         if not enabled:
             return
-        from tensorboardX import SummaryWriter
-
+        SummaryWriter = _summary_writer_class()
         workdir = epath.Path(workdir)
         self.jsonl = (workdir / "metrics.jsonl").open("a")
         self.tensorboard = SummaryWriter(str(workdir / "tensorboard"), flush_secs=30)
@@ -40,6 +39,26 @@ class MetricWriter:
         if self.enabled:
             self.jsonl.close()
             self.tensorboard.close()
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without importing torch.
+
+    Where torch is installed, tensorboardX imports it at import time, only so that it can accept
+    torch tensors; this writer is given Python floats. Importing torch costs several seconds per
+    process (~5 s on a 2-core VM), so unless torch is loaded already, the import is made to see it
+    as absent, for this one import only."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if sys.modules.get("torch", False) is None:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 class ProgressBar:
