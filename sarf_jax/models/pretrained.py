@@ -114,7 +114,9 @@ def _load(directory: pathlib.Path, info: dict, *, rngs, step, weights: str, img_
     build = functools.partial(create, info["name"], num_classes=info["num_classes"], in_chans=info["in_chans"])
     img_size = info["img_size"] if img_size is None else img_size
     build_requested = functools.partial(build, img_size=img_size, **{**info["overrides"], **overrides})
-    model = nnx.eval_shape(lambda: build_requested(rngs=nnx.Rngs(0)))
+    rngs = rngs or nnx.Rngs(0)
+    streams = list(nnx.state(rngs))  # the same stream names: a module's stream tag is in the graphdef
+    model = nnx.eval_shape(lambda: build_requested(rngs=nnx.Rngs(**dict.fromkeys(streams, 0))))
     stored_model = (
         model
         if img_size == info["img_size"] and not overrides
@@ -131,7 +133,7 @@ def _load(directory: pathlib.Path, info: dict, *, rngs, step, weights: str, img_
     if resize is not None:
         restored = resize(restored, stored_model.grid)
     graphdef, expected = nnx.split(model, kept, ...)[:2]
-    rest = _initial_state(build_requested, rngs or nnx.Rngs(0), nnx.Not(kept))
+    rest = _initial_state(build_requested, rngs, nnx.Not(kept))
     checkpoints.check_fits(
         restored,
         expected,

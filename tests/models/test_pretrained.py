@@ -63,20 +63,24 @@ def test_loading_at_the_stored_size_is_bit_exact(stored, name):
 
 
 def test_loaded_rng_streams_are_those_building_the_model_leaves(stored):
-    """The weights are restored, never initialised; the RNG streams (drop path) and the caller's
-    rngs still end as building the model would leave them."""
+    """The weights are restored, never initialised; the model's structure, its RNG streams (drop
+    path) and the caller's rngs still end as building the model would leave them."""
     directory, _ = stored["vim_mini"]
-    rngs, built_rngs = nnx.Rngs(3), nnx.Rngs(3)
+    rngs, built_rngs = nnx.Rngs(params=3, dropout=4), nnx.Rngs(params=3, dropout=4)
     loaded = load_pretrained(directory, rngs=rngs, drop_path_rate=0.1)
     built = models.create(
         "vim_mini", num_classes=CLASSES, img_size=STORED_SIZE, rngs=built_rngs, drop_path_rate=0.1, **SMALL["vim_mini"]
     )
+    assert nnx.graphdef(loaded) == nnx.graphdef(built)
     streams = [nnx.to_flat_state(nnx.state(m, nnx.RngState)) for m in (loaded, built)]
     assert [path for path, _ in streams[0]] == [path for path, _ in streams[1]] and streams[0]
     for (path, a), (_, b) in zip(*streams):
         value = lambda v: jax.random.key_data(v) if jnp.issubdtype(v.dtype, jax.dtypes.prng_key) else v
         np.testing.assert_array_equal(value(a[...]), value(b[...]), err_msg=str(path))
-    assert int(rngs.default.count[...]) == int(built_rngs.default.count[...]) > 0
+    counts = [
+        [(path, int(v[...])) for path, v in nnx.to_flat_state(nnx.state(r, nnx.RngCount))] for r in (rngs, built_rngs)
+    ]
+    assert counts[0] == counts[1] and counts[0][1][1] > 0  # the params stream advanced
 
 
 @pytest.mark.parametrize("name", list(SMALL))

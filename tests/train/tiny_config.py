@@ -12,11 +12,10 @@ def get_config(model: str = "vim_mini") -> ml_collections.ConfigDict:
     config = default.get_config()
     config.model.name = model
     config.model.overrides = ml_collections.ConfigDict(dict(depth=1, embed_dim=16, patch_size=4, drop_path_rate=0.1))
-    if model != "vit_mini":
-        # the loop, not the scan, is under test here: the plain recurrence compiles 2x faster
-        config.model.overrides.scan_impl = "reference"
     if model == "vit_mini":
         config.model.overrides.num_heads = 2
+    else:  # the loop, not the scan, is under test here: the plain recurrence compiles 2x faster
+        config.model.overrides.scan_impl = "reference"
     config.data.name = "synthetic"
     config.data.image_size = 16
     config.data.synthetic = ml_collections.ConfigDict(dict(size=64, channels=1, num_classes=4, seed=0))
