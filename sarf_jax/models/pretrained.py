@@ -114,7 +114,7 @@ def _load(directory: pathlib.Path, info: dict, *, rngs, step, weights: str, img_
     build = functools.partial(create, info["name"], num_classes=info["num_classes"], in_chans=info["in_chans"])
     img_size = info["img_size"] if img_size is None else img_size
     build_requested = functools.partial(build, img_size=img_size, **{**info["overrides"], **overrides})
-    rngs = rngs or nnx.Rngs(0)
+    rngs = nnx.Rngs(0) if rngs is None else rngs
     streams = list(nnx.state(rngs))  # the same stream names: a module's stream tag is in the graphdef
     model = nnx.eval_shape(lambda: build_requested(rngs=nnx.Rngs(**dict.fromkeys(streams, 0))))
     stored_model = (
@@ -132,14 +132,12 @@ def _load(directory: pathlib.Path, info: dict, *, rngs, step, weights: str, img_
     resize = getattr(model, "resize_pos_embed", None)
     if resize is not None:
         restored = resize(restored, stored_model.grid)
-    graphdef, expected = nnx.split(model, kept, ...)[:2]
-    rest = _initial_state(build_requested, rngs, nnx.Not(kept))
     checkpoints.check_fits(
         restored,
-        expected,
+        nnx.state(model, kept),
         f"the weights in {directory} do not fit the requested model (img_size {img_size}, overrides {overrides})",
     )
-    return nnx.merge(graphdef, restored, rest)
+    return nnx.merge(nnx.graphdef(model), restored, _initial_state(build_requested, rngs, nnx.Not(kept)))
 
 
 def _initial_state(build, rngs: nnx.Rngs, which) -> nnx.State:
