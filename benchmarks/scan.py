@@ -35,7 +35,7 @@ from flax import nnx
 from sarf_jax.analysis import machine_info, median_seconds
 from sarf_jax.nn import Mamba
 from sarf_jax.ops import compiler_options, selective_scan
-from sarf_jax.ops.selective_scan import DEFAULT_CHUNK_SIZE, resolve_impl
+from sarf_jax.ops.selective_scan import default_chunk_size, resolve_impl
 
 SCAN_IMPLS = ("reference", "associative", "chunked", "pallas")
 MIXER_BLOCK = 3  # calls of each function per round of the mixer comparison (the first not kept)
@@ -127,7 +127,7 @@ def bench_layer(name, impl, repeats, chunk_size=None):
         "bench": "layer",
         "layer": name,
         "impl": resolve_impl(impl),
-        "chunk_size": chunk_size or DEFAULT_CHUNK_SIZE,
+        "chunk_size": chunk_size or default_chunk_size(state),
         "shape": dict(zip(("batch", "length", "channels", "state", "groups"), LAYERS[name])),
         "forward_ms": fwd_ms,
         "forward_backward_ms": fb_ms,
@@ -160,7 +160,7 @@ def bench_scan(impl, shape, dtype, repeats):
         "impl": impl,
         "resolved_impl": resolve_impl(impl),
         "interpret": pallas and jax.default_backend() == "cpu",
-        "chunk_size": DEFAULT_CHUNK_SIZE if resolve_impl(impl) == "chunked" else None,
+        "chunk_size": default_chunk_size(shape[3]) if resolve_impl(impl) == "chunked" else None,
         "shape": dict(zip(("batch", "length", "channels", "state"), shape)),
         "dtype": jnp.dtype(dtype).name,
         "forward_ms": fwd_ms,

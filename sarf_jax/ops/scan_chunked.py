@@ -24,6 +24,16 @@ boundary states by a scan over chunks) was 2-3x slower still at VMamba-T's stage
 per-step slices of (batch, chunks, ...) arrays cost more than the loop they remove.
 Lengths that are not a multiple of the chunk end with one shorter chunk; nothing is padded.
 The arithmetic of each step is the reference's, in the same order, in float32.
+
+With one state per channel (VMamba's SS2D) a chunk's steps are computed in whole-chunk fused
+loops: the decays exp(delta_t A) and increments of all its steps at once, then the state step by
+step, then the readout of all its steps at once, and the backward pass reuses the decays. XLA's
+CPU backend runs each fused loop of a loop body as a task of its own, one core, and at VMamba's
+sizes the per-step tasks cost more than their arithmetic: 1.3-1.6x faster forward and 1.1-1.2x
+forward + backward at VMamba-T's stage shapes, with chunks of 4 (benchmarks/RESULTS.md). Longer
+chunks lose it (XLA recomputes the state chain inside each step's readout), and with two or more
+states the whole-chunk arrays are that many times larger and the per-step form is faster (1.8x at
+2 states), so those keep it and chunks of 8.
 """
 
 import functools
@@ -32,31 +42,56 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-DEFAULT_CHUNK_SIZE = 8
+DEFAULT_CHUNK_SIZE = 8  # the per-step form's
+WHOLE_CHUNK_SIZE = 4  # the whole-chunk form's
+WHOLE_CHUNK_MAX_STATE = 1  # states per channel up to which a chunk is computed whole
 
 
-def recurrence(u, delta, A, B, C, *, chunk_size=DEFAULT_CHUNK_SIZE, skip=None):
+def default_chunk_size(state: int) -> int:
+    """The chunk length `recurrence` uses when given none, for a state of `state` entries."""
+    return WHOLE_CHUNK_SIZE if state <= WHOLE_CHUNK_MAX_STATE else DEFAULT_CHUNK_SIZE
+
+
+def recurrence(u, delta, A, B, C, *, chunk_size=None, skip=None):
     """Same contract as scan_reference.recurrence; with `skip` (u's shape, e.g. D·u), y_t is
-    <h_t, C_t> + skip_t, written into skip's buffer (one pass over the output fewer)."""
-    chunk = min(chunk_size, u.shape[1])
+    <h_t, C_t> + skip_t, written into skip's buffer (one pass over the output fewer).
+    `chunk_size` None: default_chunk_size of A's state."""
+    chunk = min(chunk_size or default_chunk_size(A.shape[-1]), u.shape[1])
     y, last_state = _scan(chunk, u, delta, A, B, C, jnp.zeros_like(u, dtype=jnp.float32) if skip is None else skip)
     return y, jnp.swapaxes(last_state, -1, -2)
 
 
-def _chunk_forward(h, u, delta, B, C, A_t):
-    """Steps of one chunk from state h (batch, G, N, H): (last state, y (batch, T, G, H), states)."""
-    ys, states = [], [h]
+def _chunk_decays(delta, A_t):
+    """exp(delta_t A) for every step of a chunk, (batch, T, G, N, H), where the state is small
+    enough for the whole-chunk form (module docstring); otherwise None: each step computes its own."""
+    if A_t.shape[-2] > WHOLE_CHUNK_MAX_STATE:
+        return None
+    return jnp.exp(delta[:, :, :, None, :] * A_t)
+
+
+def _chunk_forward(h, u, delta, B, C, A_t, decays=None):
+    """Steps of one chunk from state h (batch, G, N, H): (last state, y (batch, T, G, H), states).
+    `decays` from _chunk_decays selects the whole-chunk form."""
+    states = [h]
+    if decays is None:
+        ys = []
+        for t in range(u.shape[1]):
+            decay = jnp.exp(delta[:, t, :, None, :] * A_t)
+            h = decay * h + (delta[:, t] * u[:, t])[:, :, None, :] * B[:, t, :, :, None]
+            ys.append(jnp.sum(h * C[:, t, :, :, None], axis=-2))
+            states.append(h)
+        return h, jnp.stack(ys, axis=1), states
+    increments = (delta * u)[:, :, :, None, :] * B[..., None]
     for t in range(u.shape[1]):
-        decay = jnp.exp(delta[:, t, :, None, :] * A_t)
-        h = decay * h + (delta[:, t] * u[:, t])[:, :, None, :] * B[:, t, :, :, None]
-        ys.append(jnp.sum(h * C[:, t, :, :, None], axis=-2))
+        h = decays[:, t] * h + increments[:, t]
         states.append(h)
-    return h, jnp.stack(ys, axis=1), states
+    return h, jnp.sum(jnp.stack(states[1:], axis=1) * C[..., None], axis=-2), states
 
 
-def _chunk_backward(g, states, u, delta, B, C, dy, A_t):
+def _chunk_backward(g, states, u, delta, B, C, dy, A_t, decays=None):
     """Adjoint of one chunk: g (batch, G, N, H) enters as dL/dh_T and leaves as dL/dh_0.
-    Returns (g, (du, ddelta, dB, dC) for the chunk's steps, dL/dA summed over the chunk, per batch)."""
+    Returns (g, (du, ddelta, dB, dC) for the chunk's steps, dL/dA summed over the chunk, per batch).
+    `decays` from _chunk_decays are reused (a whole-chunk adjoint measured slower than this)."""
     du, ddelta, dB, dC = [], [], [], []
     dA = jnp.zeros_like(g)
     for t in reversed(range(u.shape[1])):
@@ -64,7 +99,7 @@ def _chunk_backward(g, states, u, delta, B, C, dy, A_t):
         B_t, C_t = B[:, t, :, :, None], C[:, t, :, :, None]  # (batch, G, N, 1)
         g = g + C_t * dy[:, t, :, None, :]
         dC.append(jnp.sum(states[t + 1] * dy[:, t, :, None, :], axis=-1))
-        decay = jnp.exp(delta_t[:, :, None, :] * A_t)
+        decay = jnp.exp(delta_t[:, :, None, :] * A_t) if decays is None else decays[:, t]
         d_exponent = g * states[t] * decay  # dL/d(delta_t A), (batch, G, N, H)
         dA = dA + d_exponent * delta_t[:, :, None, :]
         g_B = jnp.sum(g * B_t, axis=-2)  # (batch, G, H)
@@ -96,7 +131,8 @@ def _forward(chunk, u, delta, A, B, C, skip, *, keep_states):
         piece = lambda x: lax.dynamic_slice_in_dim(x, c * chunk, chunk, axis=1)
         if keep_states:
             starts = lax.dynamic_update_index_in_dim(starts, h, c, axis=0)
-        h, y_c, _ = _chunk_forward(h, piece(u), piece(delta), piece(B), piece(C), A_t)
+        delta_c = piece(delta)
+        h, y_c, _ = _chunk_forward(h, piece(u), delta_c, piece(B), piece(C), A_t, _chunk_decays(delta_c, A_t))
         return h, lax.dynamic_update_slice_in_dim(y, y_c + piece(y), c * chunk, axis=1), starts
 
     h, y, starts = lax.fori_loop(0, whole, one_chunk, (h0, skip, starts0))
@@ -129,10 +165,10 @@ def _scan_backward(chunk, residuals, cotangents):
     dA = jnp.zeros_like(g)
 
     def one_chunk(start, h0, g, grads, dA, piece):
-        _, _, states = _chunk_forward(h0, piece(u), piece(delta), piece(B), piece(C), A_t)
-        g, chunk_grads, chunk_dA = _chunk_backward(
-            g, states, piece(u), piece(delta), piece(B), piece(C), piece(dy), A_t
-        )
+        u_c, delta_c, B_c, C_c = piece(u), piece(delta), piece(B), piece(C)
+        decays = _chunk_decays(delta_c, A_t)
+        _, _, states = _chunk_forward(h0, u_c, delta_c, B_c, C_c, A_t, decays)
+        g, chunk_grads, chunk_dA = _chunk_backward(g, states, u_c, delta_c, B_c, C_c, piece(dy), A_t, decays)
         grads = tuple(lax.dynamic_update_slice_in_dim(x, d, start, axis=1) for x, d in zip(grads, chunk_grads))
         return g, grads, dA + chunk_dA
 

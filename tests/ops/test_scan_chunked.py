@@ -71,8 +71,28 @@ def assert_matches_reference(args, chunk_size, *, rtol=2e-5, **kwargs):
 
 @pytest.mark.parametrize(
     "length, chunk_size, state, groups",
-    [(1, 8, 1, 4), (13, 5, 16, None), (16, 8, 1, 4), (7, 16, 8, 2), (9, 1, 16, None), (20, None, 1, 4), (13, 4, 8, 2)],
-    ids=["L1", "partial_chunk_N16", "whole_chunks_N1", "chunk_longer_than_L", "chunk1", "default_chunk", "grouped_N8"],
+    [
+        (1, 8, 1, 4),
+        (13, 5, 16, None),
+        (16, 8, 1, 4),
+        (7, 16, 8, 2),
+        (9, 1, 16, None),
+        (20, None, 1, 4),
+        (13, 4, 8, 2),
+        (11, 4, 1, None),
+        (10, 3, 2, 2),
+    ],
+    ids=[
+        "L1",
+        "partial_chunk_N16",
+        "whole_chunks_N1",
+        "chunk_longer_than_L",
+        "chunk1",
+        "default_chunk",
+        "grouped_N8",
+        "partial_chunk_N1_ungrouped",
+        "partial_chunk_N2",
+    ],
 )
 def test_forward_last_state_and_gradients_match_reference(length, chunk_size, state, groups):
     args = random_args(2, length, 8, state, groups, seed=length + state)
