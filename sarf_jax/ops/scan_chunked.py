@@ -29,7 +29,7 @@ With one state per channel (VMamba's SS2D) a chunk's steps are computed in whole
 loops: the decays exp(delta_t A) and increments of all its steps at once, then the state step by
 step, then the readout of all its steps at once, and the backward pass reuses the decays. XLA's
 CPU backend runs each fused loop of a loop body as a task of its own, one core, and at VMamba's
-sizes the per-step tasks cost more than their arithmetic: 1.3-1.6x faster forward and 1.1-1.2x
+sizes the per-step tasks cost more than their arithmetic: 1.45-2.0x faster forward and 1.1-1.3x
 forward + backward at VMamba-T's stage shapes, with chunks of 4 (benchmarks/RESULTS.md). Longer
 chunks lose it (XLA recomputes the state chain inside each step's readout), and with two or more
 states the whole-chunk arrays are that many times larger and the per-step form is faster (1.8x at
