@@ -30,10 +30,11 @@ loops: the decays exp(delta_t A) and increments of all its steps at once, then t
 step, then the readout of all its steps at once, and the backward pass reuses the decays. XLA's
 CPU backend runs each fused loop of a loop body as a task of its own, one core, and at VMamba's
 sizes the per-step tasks cost more than their arithmetic: 1.45-2.0x faster forward and 1.1-1.3x
-forward + backward at VMamba-T's stage shapes, with chunks of 4 (benchmarks/RESULTS.md). Longer
-chunks lose it (XLA recomputes the state chain inside each step's readout), and with two or more
-states the whole-chunk arrays are that many times larger and the per-step form is faster (1.8x at
-2 states), so those keep it and chunks of 8.
+forward + backward at VMamba-T's stage shapes, with chunks of 4 (benchmarks/RESULTS.md). Chunks
+of 4 beat chunks of 8, and chunks of 16 lose the gain: XLA recomputes the state chain inside each
+step's readout, which costs more the longer the chunk. With two or more states the whole-chunk
+arrays are that many times larger and the per-step form is faster (1.8x at 2 states), so those
+keep it, with chunks of 8.
 """
 
 import functools
