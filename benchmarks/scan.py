@@ -35,7 +35,8 @@ from flax import nnx
 from sarf_jax.analysis import machine_info, median_seconds
 from sarf_jax.nn import Mamba
 from sarf_jax.ops import compiler_options, selective_scan
-from sarf_jax.ops.selective_scan import default_chunk_size, resolve_impl
+from sarf_jax.ops.scan_chunked import default_chunk_size
+from sarf_jax.ops.selective_scan import resolve_impl
 
 SCAN_IMPLS = ("reference", "associative", "chunked", "pallas")
 MIXER_BLOCK = 3  # calls of each function per round of the mixer comparison (the first not kept)

@@ -41,8 +41,6 @@ IMPLEMENTATIONS: dict[str, Recurrence] = {
 PALLAS_IMPLS = ("pallas", *scan_pallas.KERNELS)
 IMPLS = ("auto", *IMPLEMENTATIONS, *PALLAS_IMPLS)
 
-default_chunk_size = scan_chunked.default_chunk_size
-
 
 def resolve_impl(impl: str, platform: str | None = None) -> str:
     """Name of the implementation `impl` stands for on `platform` (default: JAX's backend).
@@ -99,7 +97,7 @@ def selective_scan(
         kernel). A shape a kernel cannot take runs "chunked" instead, with a one-time warning.
       chunk_size: chunk length for "chunked" (steps unrolled per loop iteration; a length that
         is not a multiple ends with one shorter chunk); default 4 with one state per channel,
-        8 otherwise (`default_chunk_size`); ignored by the others.
+        8 otherwise (`scan_chunked.default_chunk_size`); ignored by the others.
       interpret: Pallas only: run the kernel in interpret mode. None (default) interprets
         exactly when JAX's default backend is the CPU; False on a CPU host lowers the kernel for
         its platform (for `.lower(lowering_platforms=...)`); for "pallas_tpu" a
@@ -150,7 +148,7 @@ def _xla_scan(u, delta, A, B, C, D, z, delta_bias, *, delta_softplus, return_las
         None if D is None else f32(D).reshape(groups, per_group),
         None if z is None else as_groups(f32(z)),
         impl=impl,
-        chunk_size=chunk_size or default_chunk_size(state),
+        chunk_size=chunk_size,  # None: scan_chunked.default_chunk_size of the state
     )
     y = y.reshape(batch, length, channels).astype(u.dtype)
     return y, (last_state.reshape(batch, channels, state) if return_last_state else None)
