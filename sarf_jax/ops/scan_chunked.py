@@ -25,6 +25,11 @@ per-step slices of (batch, chunks, ...) arrays cost more than the loop they remo
 Lengths that are not a multiple of the chunk end with one shorter chunk; nothing is padded.
 The arithmetic of each step is the reference's, in the same order, in float32.
 
+The output is written over u's buffer: each chunk reads its u from there and overwrites it with
+its y, the D skip (y_t += D u_t) added as it is written. So the loop streams three full-size
+arrays (u, delta, y) instead of four, and no separate pass makes D·u: XLA runs a loop body on
+one core, where the bytes moved set the time (benchmarks/RESULTS.md, ninth session).
+
 With one state per channel (VMamba's SS2D) a chunk's steps are computed in whole-chunk fused
 loops: the decays exp(delta_t A) and increments of all its steps at once, then the state step by
 step, then the readout of all its steps at once, and the backward pass reuses the decays. XLA's
@@ -53,12 +58,12 @@ def default_chunk_size(state: int) -> int:
     return WHOLE_CHUNK_SIZE if state <= WHOLE_CHUNK_MAX_STATE else DEFAULT_CHUNK_SIZE
 
 
-def recurrence(u, delta, A, B, C, *, chunk_size=None, skip=None):
-    """Same contract as scan_reference.recurrence; with `skip` (u's shape, e.g. D·u), y_t is
-    <h_t, C_t> + skip_t, written into skip's buffer (one pass over the output fewer).
+def recurrence(u, delta, A, B, C, *, chunk_size=None, D=None):
+    """Same contract as scan_reference.recurrence; with `D` (groups, channels_per_group), y_t is
+    <h_t, C_t> + D u_t, the skip added as each chunk is written (module docstring).
     `chunk_size` None: default_chunk_size of A's state."""
     chunk = min(chunk_size or default_chunk_size(A.shape[-1]), u.shape[1])
-    y, last_state = _scan(chunk, u, delta, A, B, C, jnp.zeros_like(u, dtype=jnp.float32) if skip is None else skip)
+    y, last_state = _scan(chunk, u.astype(jnp.float32), delta, A, B, C, D)
     return y, jnp.swapaxes(last_state, -1, -2)
 
 
@@ -117,9 +122,9 @@ def _chunk_slices(length, chunk):
     return length // chunk, length % chunk
 
 
-def _forward(chunk, u, delta, A, B, C, skip, *, keep_states):
-    """(y = readout + skip, last state (batch, G, N, H), boundary states (chunks, batch, G, N, H)
-    or None)."""
+def _forward(chunk, u, delta, A, B, C, D, *, keep_states):
+    """(y = readout + D u, last state (batch, G, N, H), boundary states (chunks, batch, G, N, H)
+    or None). y is written over u's buffer: each chunk reads its u from there, then overwrites it."""
     batch, length, groups, per_group = u.shape
     whole, rest = _chunk_slices(length, chunk)
     A_t = jnp.swapaxes(A, -1, -2)  # (G, N, H)
@@ -127,38 +132,44 @@ def _forward(chunk, u, delta, A, B, C, skip, *, keep_states):
     h0 = jnp.broadcast_to(jnp.zeros_like(u[:, 0, :, None, :]), (batch, groups, A.shape[-1], per_group))
     starts0 = jnp.broadcast_to(h0, (whole + (rest > 0), *h0.shape)) if keep_states else None
 
+    def write(y, h, start, piece, decays=None):
+        # the chunk's u leaves y's buffer before anything is written there: XLA would otherwise
+        # fuse this read into the in-place update and read steps already overwritten
+        u_c, delta_c = lax.optimization_barrier(piece(y)), piece(delta)
+        h, y_c, _ = _chunk_forward(h, u_c, delta_c, piece(B), piece(C), A_t, decays)
+        if D is not None:
+            y_c = y_c + u_c * D
+        return h, lax.dynamic_update_slice_in_dim(y, y_c, start, axis=1)
+
     def one_chunk(c, carry):
         h, y, starts = carry
         piece = lambda x: lax.dynamic_slice_in_dim(x, c * chunk, chunk, axis=1)
         if keep_states:
             starts = lax.dynamic_update_index_in_dim(starts, h, c, axis=0)
-        delta_c = piece(delta)
-        h, y_c, _ = _chunk_forward(h, piece(u), delta_c, piece(B), piece(C), A_t, _chunk_decays(delta_c, A_t))
-        return h, lax.dynamic_update_slice_in_dim(y, y_c + piece(y), c * chunk, axis=1), starts
+        h, y = write(y, h, c * chunk, piece, _chunk_decays(piece(delta), A_t))
+        return h, y, starts
 
-    h, y, starts = lax.fori_loop(0, whole, one_chunk, (h0, skip, starts0))
+    h, y, starts = lax.fori_loop(0, whole, one_chunk, (h0, u, starts0))
     if rest:
-        tail = lambda x: x[:, whole * chunk :]
         if keep_states:
             starts = starts.at[whole].set(h)
-        h, y_c, _ = _chunk_forward(h, tail(u), tail(delta), tail(B), tail(C), A_t)
-        y = lax.dynamic_update_slice_in_dim(y, y_c + tail(y), whole * chunk, axis=1)
+        h, y = write(y, h, whole * chunk, lambda x: x[:, whole * chunk :])
     return y, h, starts
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _scan(chunk, u, delta, A, B, C, skip):
-    y, last_state, _ = _forward(chunk, u, delta, A, B, C, skip, keep_states=False)
+def _scan(chunk, u, delta, A, B, C, D):
+    y, last_state, _ = _forward(chunk, u, delta, A, B, C, D, keep_states=False)
     return y, last_state
 
 
-def _scan_forward(chunk, u, delta, A, B, C, skip):
-    y, last_state, starts = _forward(chunk, u, delta, A, B, C, skip, keep_states=True)
-    return (y, last_state), (u, delta, A, B, C, starts)
+def _scan_forward(chunk, u, delta, A, B, C, D):
+    y, last_state, starts = _forward(chunk, u, delta, A, B, C, D, keep_states=True)
+    return (y, last_state), (u, delta, A, B, C, D, starts)
 
 
 def _scan_backward(chunk, residuals, cotangents):
-    u, delta, A, B, C, starts = residuals
+    u, delta, A, B, C, D, starts = residuals
     dy, g = cotangents
     whole, rest = _chunk_slices(u.shape[1], chunk)
     A_t = jnp.swapaxes(A, -1, -2)
@@ -183,7 +194,10 @@ def _scan_backward(chunk, residuals, cotangents):
         return one_chunk(c * chunk, starts[c], *carry, piece)
 
     g, (du, ddelta, dB, dC), dA = lax.fori_loop(0, whole, reverse_chunk, (g, grads, dA))
-    return du, ddelta, jnp.swapaxes(jnp.sum(dA, axis=0), -1, -2), dB, dC, dy
+    dD = None
+    if D is not None:
+        du, dD = du + dy * D, jnp.sum(dy * u, axis=(0, 1))
+    return du, ddelta, jnp.swapaxes(jnp.sum(dA, axis=0), -1, -2), dB, dC, dD
 
 
 _scan.defvjp(_scan_forward, _scan_backward)

@@ -171,9 +171,8 @@ def selective_scan_core(u, delta, A, B, C, D, z, *, impl, chunk_size):
     A named region of its own so that FLOP counters (sarf_jax.analysis.flops) find every scan
     and charge it the papers' 9·B·L·D·N (+ B·L·D for the D skip, + B·L·D for z gating).
     """
-    if impl == "chunked":  # it adds the D skip as it writes y: one pass over y fewer
-        skip = None if D is None else u * D
-        y, last_state = IMPLEMENTATIONS[impl](u, delta, A, B, C, chunk_size=chunk_size, skip=skip)
+    if impl == "chunked":  # it adds the D skip as it writes y, over u's buffer: no pass of its own
+        y, last_state = IMPLEMENTATIONS[impl](u, delta, A, B, C, chunk_size=chunk_size, D=D)
     else:
         y, last_state = IMPLEMENTATIONS[impl](u, delta, A, B, C)
         if D is not None:
