@@ -24,7 +24,13 @@ thread pool, so their sum (`op_ms`) may exceed the wall time (`wall_ms`).
     .venv/bin/python benchmarks/profile_cpu.py --models vmamba_tiny --img-size 64 --batch 2
     .venv/bin/python benchmarks/profile_cpu.py --models vmamba_tiny --reduction sarf_tome:hybrid_2p1
 
-Prints one JSON line per (model, pass): machine, date, model, pass, and per kind ms and %.
+Each op's multiply-accumulates (dots and convolutions, those inside a fusion included) are counted
+from the HLO's shapes, so every row also says how fast the ops that hold them ran: `dot_conv_ms`,
+their own time whatever their kind (a fusion of SS2D's merge with the projection after it is charged
+to scan), and `dot_conv_gmac_per_s`, every MAC over that time. The rest of the time is what two
+models of equal MACs differ by beyond their matmuls' speed (benchmarks/RESULTS.md, tenth session).
+
+Prints one JSON line per (model, pass): machine, date, model, pass, per kind ms, % and GMAC.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import argparse
 import collections
 import glob
 import json
+import math
 import os
 import re
 import sys
@@ -53,6 +60,7 @@ KINDS = ("scan", "depthwise_conv", "reduction", "norm", "matmul", "layout", "ele
 # name -> (img_size, in_chans, batch): the configurations the CPU results quote
 CONFIGS = {
     "vmamba_tiny": (224, 3, 8),
+    "vit_small": (224, 3, 8),  # the baseline of models.py's --rate-vs row
     "vmamba_mini": (28, 1, 64),
     "vmamba_paper_mini": (28, 1, 64),
     "plainmamba_paper_mini": (28, 1, 64),
@@ -68,6 +76,7 @@ CONTROL_OPCODES = {"while", "conditional", "call", "custom-call", "rng", "rng-bi
 NORM_FUNCTIONS = ("LayerNorm.", "RMSNorm.", "_compute_stats", "_normalize")
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = .*?\s([a-z][\w\-]*)\((.*)$")
+_SHAPE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = [a-z]\w*\[([\d,]*)\]")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+) .*\{\s*$")
 
 
@@ -113,10 +122,12 @@ def _call_stack(frames, frame_id):
 
 
 def parse_hlo(text: str) -> dict[str, dict]:
-    """{op name: {"opcodes": set, "op_names": [...], "stacks": [[(file, function)], ...]}} for every
-    instruction, a fusion's (or call's) own entry also holding those of the computation it calls."""
+    """{op name: {"opcodes": set, "op_names": [...], "stacks": [[(file, function)], ...], "macs": int}}
+    for every instruction. A fusion's (or call's) entry also holds the opcodes, names and stacks of
+    the computation it calls; a fusion's MACs are those of every dot and convolution it fuses."""
     lines = text.splitlines()
     frames = _stack_tables(lines)
+    shapes = {m[1]: [int(d) for d in m[2].split(",") if d] for line in lines if (m := _SHAPE.match(line))}
     ops, computations, computation = {}, collections.defaultdict(list), None
     for line in lines:
         if (match := _COMPUTATION.match(line)) and " = " not in line:
@@ -131,15 +142,42 @@ def parse_hlo(text: str) -> dict[str, dict]:
             "opcodes": {opcode},
             "op_names": [op_name[1]] if op_name else [],
             "stacks": [_call_stack(frames, int(frame[1]))] if frame else [],
+            "macs": _macs(opcode, shapes.get(name), rest, shapes),
             "calls": re.findall(r"calls=%?([\w.\-]+)", rest) if opcode in ("fusion", "call") else [],
         }
         computations[computation].append(name)
-    for op in ops.values():
+
+    def fused_macs(name):  # a call's body ops run (and are timed) as ops of their own: fusions only
+        op = ops[name]
+        inner = [i for c in op["calls"] for i in computations.get(c, ())] if "fusion" in op["opcodes"] else []
+        return op["macs"] + sum(fused_macs(i) for i in inner)
+
+    macs = {name: fused_macs(name) for name in ops}
+    for name, op in ops.items():
+        op["macs"] = macs[name]
         for called in op.pop("calls"):
             for inner in computations.get(called, ()):
                 for key in ("opcodes", "op_names", "stacks"):
                     op[key] = op[key] | ops[inner][key] if key == "opcodes" else op[key] + ops[inner][key]
     return ops
+
+
+def _macs(opcode: str, out_shape, rest: str, shapes: dict) -> int:
+    """Multiply-accumulates of one dot or convolution instruction (0 for anything else), from the
+    shapes of its output and operands."""
+    operands = re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
+    if out_shape is None or len(operands) < 2 or any(o not in shapes for o in operands[:2]):
+        return 0
+    outputs = math.prod(out_shape)
+    if opcode == "dot":
+        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+        lhs = shapes[operands[0]]
+        return outputs * math.prod(lhs[int(d)] for d in contracting[1].split(",") if d) if contracting else 0
+    if opcode == "convolution":  # per output: the kernel's window x input features (of its group)
+        kernel, labels = shapes[operands[1]], re.search(r"dim_labels=\w+_(\w+)->", rest)
+        out_feature = labels[1].index("o") if labels else len(kernel) - 1
+        return outputs * math.prod(kernel) // kernel[out_feature]
+    return 0
 
 
 def classify(op: dict | None) -> str:
@@ -186,14 +224,15 @@ def _self_times(events):
     return result
 
 
-def op_times(trace_dir: str, module: str) -> tuple[dict[str, float], float]:
-    """({op name: own ns summed over the trace}, ns of the outermost op events) of `module`."""
+def op_times(trace_dir: str, module: str) -> tuple[dict[str, float], float, dict[str, int]]:
+    """({op name: own ns summed over the trace}, ns of the outermost op events, {op name: how many
+    times it ran}) of `module`."""
     from jax.profiler import ProfileData
 
     paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
     if not paths:
         raise RuntimeError(f"profile_cpu: no .xplane.pb written under {trace_dir}")
-    times, outermost = collections.Counter(), 0.0
+    times, outermost, runs = collections.Counter(), 0.0, collections.Counter()
     for plane in ProfileData.from_file(paths[0]).planes:
         for line in plane.lines:
             events = []
@@ -205,8 +244,9 @@ def op_times(trace_dir: str, module: str) -> tuple[dict[str, float], float]:
                     events.append((event.start_ns, event.start_ns + event.duration_ns, stats["hlo_op"]))
             for name, own in _self_times(events):
                 times[name] += own
+                runs[name] += 1
             outermost += sum(end - start for start, end, _ in _outermost(events))
-    return dict(times), outermost
+    return dict(times), outermost, dict(runs)
 
 
 def _outermost(events):
@@ -234,10 +274,14 @@ def profile(fn, args, *, steps: int, warmup: int = 2) -> dict:
             for _ in range(steps):
                 jax.block_until_ready(compiled(*args))
             wall = (time.perf_counter() - start) / steps
-        times, outermost = op_times(trace_dir, module)
-    per_kind = dict.fromkeys(KINDS, 0.0)
+        times, outermost, runs = op_times(trace_dir, module)
+    per_kind, gmac = dict.fromkeys(KINDS, 0.0), dict.fromkeys(KINDS, 0.0)
+    mac_ms = 0.0  # own time of the ops that hold a dot or convolution, whatever their kind
     for name, ns in times.items():
-        per_kind[classify(ops.get(name))] += ns / steps / 1e6
+        kind, macs = classify(ops.get(name)), ops[name]["macs"] if name in ops else 0
+        per_kind[kind] += ns / steps / 1e6
+        gmac[kind] += macs * runs[name] / steps / 1e9
+        mac_ms += ns / steps / 1e6 if macs else 0.0
     total = sum(per_kind.values())
     return {
         "wall_ms": 1e3 * wall,
@@ -245,6 +289,9 @@ def profile(fn, args, *, steps: int, warmup: int = 2) -> dict:
         "outermost_op_ms": outermost / steps / 1e6,
         "ms": per_kind,
         "percent": {kind: 100 * ms / total if total else 0.0 for kind, ms in per_kind.items()},
+        "gmac": gmac,  # multiply-accumulates per step (each op's MACs times how often it ran)
+        "dot_conv_ms": mac_ms,
+        "dot_conv_gmac_per_s": sum(gmac.values()) / (mac_ms / 1e3) if mac_ms else 0.0,
     }
 
 

@@ -48,4 +48,31 @@ def test_tiny_vmamba_profile_splits_its_time_into_kinds(profile_cpu, capsys):
     for kind in ("scan", "depthwise_conv", "matmul", "norm"):
         assert row["ms"][kind] > 0, kind
     assert row["percent"]["other"] < 20
+    assert row["gmac"]["matmul"] > 0 and 0 < row["dot_conv_ms"] <= total and row["dot_conv_gmac_per_s"] > 0
     assert row["cpu"] and row["date"] and row["wall_ms"] > 0
+
+
+def test_macs_are_counted_from_the_hlo_shapes(profile_cpu):
+    """The ops the profiler times (the entry computation's: fusions hold what they fuse) carry the
+    multiply-accumulates their shapes say: a dot's contracting dims, a convolution's window x input
+    features of its group; an elementwise op none."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+
+    def f(x, w, k):
+        y = jnp.tanh(x @ w)  # (64, 96) @ (96, 96): 589,824 MACs, which XLA may fuse with the tanh
+        image = y.reshape(1, 8, 8, 96)  # NHWC
+        depthwise = jax.lax.conv_general_dilated(
+            image, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=96
+        )  # 3x3 window, 1 input feature per group, 6,144 outputs: 55,296 MACs
+        return depthwise.sum() + jnp.exp(x).sum()
+
+    args = (jnp.ones((64, 96)), jnp.ones((96, 96)), jnp.ones((3, 3, 1, 96)))
+    text = jax.jit(f).lower(*args).compile().as_text()
+    ops = profile_cpu.parse_hlo(text)
+    entry = text[text.index("\nENTRY") :].split("\n}")[0]
+    timed = re.findall(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = ", entry, flags=re.M)
+    assert sum(ops[name]["macs"] for name in timed) == 589_824 + 55_296
+    assert all(ops[name]["macs"] == 0 for name in timed if not ops[name]["opcodes"] & {"dot", "convolution"})
