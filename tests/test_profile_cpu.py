@@ -3,7 +3,10 @@
 import importlib.util
 import json
 import pathlib
+import re
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "profile_cpu.py"
@@ -56,10 +59,6 @@ def test_macs_are_counted_from_the_hlo_shapes(profile_cpu):
     """The ops the profiler times (the entry computation's: fusions hold what they fuse) carry the
     multiply-accumulates their shapes say: a dot's contracting dims, a convolution's window x input
     features of its group; an elementwise op none."""
-    import re
-
-    import jax
-    import jax.numpy as jnp
 
     def f(x, w, k):
         y = jnp.tanh(x @ w)  # (64, 96) @ (96, 96): 589,824 MACs, which XLA may fuse with the tanh
